@@ -355,7 +355,6 @@ fn normalize_double(v: &mut Value) {
 /// protobuf prints the shortest form that reads back as the same f32.
 fn normalize_float(v: &mut Value) {
     if let Some(x) = v.as_f64() {
-        #[allow(clippy::cast_possible_truncation)]
         let shortest = (x as f32).to_string().parse::<f64>().unwrap_or(x);
         *v = float_json(shortest);
     }
@@ -365,7 +364,6 @@ fn float_json(x: f64) -> Value {
     // Exactly representable integers print as integers; 2^53 bounds that.
     const EXACT: f64 = 9_007_199_254_740_992.0;
     if x.fract() == 0.0 && x.abs() < EXACT {
-        #[allow(clippy::cast_possible_truncation)]
         return Value::from(x as i64);
     }
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)

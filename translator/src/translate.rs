@@ -10,7 +10,9 @@ use crate::diag::Diagnostic;
 use crate::envoy::cluster::{self, EndpointSpec, OutboundSpec};
 use crate::envoy::{listener, names, route, tls};
 use crate::model::{ClientTlsMode, Mesh, ObjectRef, Protocol};
-use crate::resolve::{ClientDecision, ClientPolicies, Decided, PeerPolicies, ServerMode, WorkloadPeerPolicy};
+use crate::resolve::{
+    ClientDecision, ClientPolicies, Decided, PeerPolicies, ServerMode, WorkloadPeerPolicy,
+};
 use crate::xds::{ProxyResources, Resource, ResourceMap, ResourceType};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,7 +40,11 @@ impl ProxyPlan {
     /// The full per-type maps, as an ADS stream serves them.
     pub fn resources(&self) -> ProxyResources {
         let mut clusters: ResourceMap = (*self.outbound_clusters).clone();
-        clusters.extend(self.inbound_clusters.iter().map(|(k, v)| (k.clone(), v.clone())));
+        clusters.extend(
+            self.inbound_clusters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         ProxyResources {
             clusters: Arc::new(clusters),
             endpoints: self.endpoints.clone(),
@@ -172,16 +178,25 @@ pub fn translate(mesh: &Mesh) -> Translation {
         }
     }
     let server_mode = |wi: usize, port: u16| -> Option<&Decided> {
-        policies.get(wi).and_then(Option::as_ref).map(|p| p.for_port(port))
+        policies
+            .get(wi)
+            .and_then(Option::as_ref)
+            .map(|p| p.for_port(port))
     };
 
     // Endpoints (shared by all) and per-service identities.
     let mut endpoints = ResourceMap::new();
-    let mut service_eps: Vec<Vec<Vec<(usize, EndpointSpec)>>> = Vec::with_capacity(mesh.services.len());
+    let mut service_eps: Vec<Vec<Vec<(usize, EndpointSpec)>>> =
+        Vec::with_capacity(mesh.services.len());
     let mut service_sans: Vec<Vec<String>> = Vec::with_capacity(mesh.services.len());
     for (si, svc) in mesh.services.iter().enumerate() {
         let fqdn = mesh.fqdn(svc);
-        let eps = mesh.index.service_endpoints.get(si).map(Vec::as_slice).unwrap_or(&[]);
+        let eps = mesh
+            .index
+            .service_endpoints
+            .get(si)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let sans: BTreeSet<String> = eps
             .iter()
             .filter_map(|&wi| mesh.workloads.get(wi))
@@ -197,7 +212,14 @@ pub fn translate(mesh: &Mesh) -> Translation {
                     let t = w.resolve_target(&p.target_port)?;
                     let mtls = w.sidecar
                         && server_mode(wi, t).is_some_and(|d| d.mode != ServerMode::Disable);
-                    Some((wi, EndpointSpec { ip: w.ip, port: t, mtls }))
+                    Some((
+                        wi,
+                        EndpointSpec {
+                            ip: w.ip,
+                            port: t,
+                            mtls,
+                        },
+                    ))
                 })
                 .collect();
             list.sort_by(|a, b| a.1.cmp(&b.1));
@@ -205,7 +227,11 @@ pub fn translate(mesh: &Mesh) -> Translation {
             let specs: Vec<EndpointSpec> = list.iter().map(|(_, e)| e.clone()).collect();
             insert(
                 &mut endpoints,
-                Resource::new(name.clone(), ResourceType::Endpoint, &cluster::load_assignment(&name, &specs)),
+                Resource::new(
+                    name.clone(),
+                    ResourceType::Endpoint,
+                    &cluster::load_assignment(&name, &specs),
+                ),
             );
             per_port.push(list);
         }
@@ -253,15 +279,34 @@ pub fn translate(mesh: &Mesh) -> Translation {
                             let fqdn = mesh.fqdn(svc);
                             for (pi, p) in svc.ports.iter().enumerate() {
                                 let decision = clients.decide(rule, p.port);
-                                let eps = service_eps.get(si).and_then(|v| v.get(pi)).map(Vec::as_slice).unwrap_or(&[]);
+                                let eps = service_eps
+                                    .get(si)
+                                    .and_then(|v| v.get(pi))
+                                    .map(Vec::as_slice)
+                                    .unwrap_or(&[]);
                                 if let Some(ri) = rule
                                     && decision.tls.is_some()
                                     && conflict_seen.insert((ri, si, pi))
                                 {
-                                    conflicts(mesh, &decision, &fqdn, p.port, eps, &server_mode, &mut diags);
+                                    conflicts(
+                                        mesh,
+                                        &decision,
+                                        &fqdn,
+                                        p.port,
+                                        eps,
+                                        &server_mode,
+                                        &mut diags,
+                                    );
                                 }
                                 if report {
-                                    client_ports.push(client_report(mesh, &w.namespace, &fqdn, p.port, &decision, eps));
+                                    client_ports.push(client_report(
+                                        mesh,
+                                        &w.namespace,
+                                        &fqdn,
+                                        p.port,
+                                        &decision,
+                                        eps,
+                                    ));
                                 }
                                 let r = cluster_cache
                                     .entry((si, pi, rule))
@@ -273,7 +318,10 @@ pub fn translate(mesh: &Mesh) -> Translation {
                                             port: p.port,
                                             protocol: p.protocol,
                                             decision: &decision,
-                                            sans: service_sans.get(si).map(Vec::as_slice).unwrap_or(&[]),
+                                            sans: service_sans
+                                                .get(si)
+                                                .map(Vec::as_slice)
+                                                .unwrap_or(&[]),
                                         });
                                         Arc::new(Resource::new(name, ResourceType::Cluster, &c))
                                     })
@@ -281,8 +329,10 @@ pub fn translate(mesh: &Mesh) -> Translation {
                                 map.insert(r.name.clone(), r);
                             }
                         }
-                        let m = maps_by_choice.entry(choice).or_insert_with(|| shared(map)).clone();
-                        m
+                        maps_by_choice
+                            .entry(choice)
+                            .or_insert_with(|| shared(map))
+                            .clone()
                     }
                 };
                 group_maps.insert(group_key, map.clone());
@@ -294,14 +344,25 @@ pub fn translate(mesh: &Mesh) -> Translation {
         let mut inbound_clusters = ResourceMap::new();
         let app_ip = w.app_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         for (port, (protocol, _, _)) in tps.get(wi).into_iter().flatten() {
-            let mode = server_mode(wi, *port).map(|d| d.mode).unwrap_or(ServerMode::Permissive);
+            let mode = server_mode(wi, *port)
+                .map(|d| d.mode)
+                .unwrap_or(ServerMode::Permissive);
             let l = listener::inbound(w.ip, *port, *protocol, mode, &server_tls);
-            insert(&mut listeners, Resource::new(l.name.clone(), ResourceType::Listener, &l));
+            insert(
+                &mut listeners,
+                Resource::new(l.name.clone(), ResourceType::Listener, &l),
+            );
             let c = cluster::inbound(*port, app_ip, *protocol);
-            insert(&mut inbound_clusters, Resource::new(c.name.clone(), ResourceType::Cluster, &c));
+            insert(
+                &mut inbound_clusters,
+                Resource::new(c.name.clone(), ResourceType::Cluster, &c),
+            );
         }
         let out = listener::outbound(w.ip, mesh.config.outbound_port);
-        insert(&mut listeners, Resource::new(out.name.clone(), ResourceType::Listener, &out));
+        insert(
+            &mut listeners,
+            Resource::new(out.name.clone(), ResourceType::Listener, &out),
+        );
         proxies.insert(
             (w.namespace.clone(), w.name.clone()),
             ProxyPlan {
@@ -318,7 +379,10 @@ pub fn translate(mesh: &Mesh) -> Translation {
                     .or_insert_with(|| {
                         let mut m = ResourceMap::new();
                         let rc = route::outbound_routes(mesh, route_name.clone(), &w.namespace);
-                        insert(&mut m, Resource::new(route_name.clone(), ResourceType::Route, &rc));
+                        insert(
+                            &mut m,
+                            Resource::new(route_name.clone(), ResourceType::Route, &rc),
+                        );
                         shared(m)
                     })
                     .clone(),
@@ -412,7 +476,11 @@ fn conflicts<'a>(
             {
                 Some(format!(
                     "clients send {} to {fqdn}:{port}, but {}/{} port {} is STRICT ({}): requests fail with 503",
-                    if tls.mode() == ClientTlsMode::Disable { "plaintext" } else { "non-mesh TLS" },
+                    if tls.mode() == ClientTlsMode::Disable {
+                        "plaintext"
+                    } else {
+                        "non-mesh TLS"
+                    },
                     w.namespace,
                     w.name,
                     e.port,
@@ -435,18 +503,20 @@ fn conflicts<'a>(
             _ => None,
         };
         if let Some(message) = why {
-            diags.push(Diagnostic::conflict(by.clone(), Some(field.into()), message));
+            diags.push(Diagnostic::conflict(
+                by.clone(),
+                Some(field.into()),
+                message,
+            ));
         }
     }
 }
 
 fn describe(d: &Decided) -> String {
     match &d.by {
-        Some(by) => format!("{by}, {:?} scope", d.scope).to_lowercase().replacen(
-            &by.to_string().to_lowercase(),
-            &by.to_string(),
-            1,
-        ),
+        Some(by) => format!("{by}, {:?} scope", d.scope)
+            .to_lowercase()
+            .replacen(&by.to_string().to_lowercase(), &by.to_string(), 1),
         None => "the default".into(),
     }
 }

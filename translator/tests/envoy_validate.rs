@@ -104,7 +104,14 @@ fn envoy_accepts_every_golden_resource() {
             std::fs::write(&path, bootstrap(&node, &render_json(plan)).to_string())
                 .expect("write bootstrap");
             let out = Command::new(&envoy)
-                .args(["--mode", "validate", "--disable-hot-restart", "--log-level", "error", "-c"])
+                .args([
+                    "--mode",
+                    "validate",
+                    "--disable-hot-restart",
+                    "--log-level",
+                    "error",
+                    "-c",
+                ])
                 .arg(&path)
                 .output()
                 .expect("run envoy");
@@ -121,5 +128,9 @@ fn envoy_accepts_every_golden_resource() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     assert!(checked > 0, "no proxies were validated");
-    assert!(failures.is_empty(), "Envoy rejected:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "Envoy rejected:\n{}",
+        failures.join("\n")
+    );
 }

@@ -29,7 +29,9 @@ const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 fn router() -> HttpFilter {
     HttpFilter {
         name: ROUTER.into(),
-        config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
         ..Default::default()
     }
 }
@@ -80,8 +82,8 @@ fn inbound_hcm(target_port: u16) -> HttpConnectionManager {
             },
         )),
         http_filters: vec![router()],
-        forward_client_cert_details:
-            http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32,
+        forward_client_cert_details: http_connection_manager::ForwardClientCertDetails::SanitizeSet
+            as i32,
         set_current_client_cert_details: Some(
             http_connection_manager::SetCurrentClientCertDetails {
                 subject: Some(BoolValue { value: true }),
@@ -98,9 +100,9 @@ fn inbound_hcm(target_port: u16) -> HttpConnectionManager {
 fn tcp_filter(target_port: u16) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: format!("inbound_{target_port}"),
-        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(names::inbound_cluster(
-            target_port,
-        ))),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(
+            names::inbound_cluster(target_port),
+        )),
         ..Default::default()
     };
     Filter {

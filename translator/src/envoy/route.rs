@@ -25,8 +25,8 @@ pub fn domains(mesh: &Mesh, service: &Service, port: u16, client_ns: &str) -> Ve
         format!("{name}.{ns}.svc"),
         mesh.fqdn(service),
     ]);
-    let portless = port == 80
-        || (service.ports.len() == 1 && !service.ports.iter().any(|p| p.port == 80));
+    let portless =
+        port == 80 || (service.ports.len() == 1 && !service.ports.iter().any(|p| p.port == 80));
     let mut out = Vec::with_capacity(8);
     for b in &bases {
         if portless {

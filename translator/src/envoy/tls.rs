@@ -5,7 +5,9 @@
 use super::names::{SECRET_DEFAULT, SECRET_ROOTCA};
 use super::{ads_config_source, any};
 use crate::model::{ClientTls, ClientTlsMode};
-use envoy_types::pb::envoy::config::core::v3::{DataSource, TransportSocket, data_source, transport_socket};
+use envoy_types::pb::envoy::config::core::v3::{
+    DataSource, TransportSocket, data_source, transport_socket,
+};
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
@@ -179,9 +181,8 @@ pub fn upstream_user_tls(tls: &ClientTls, default_sni: &str, h2: bool) -> Upstre
             ..Default::default()
         };
         if validation != CertificateValidationContext::default() {
-            common.validation_context_type = Some(
-                common_tls_context::ValidationContextType::ValidationContext(validation),
-            );
+            common.validation_context_type =
+                Some(common_tls_context::ValidationContextType::ValidationContext(validation));
         }
     }
     UpstreamTlsContext {
@@ -208,6 +209,8 @@ pub fn tls_socket_downstream(ctx: &DownstreamTlsContext) -> TransportSocket {
 pub fn raw_socket() -> TransportSocket {
     TransportSocket {
         name: RAW_SOCKET.into(),
-        config_type: Some(transport_socket::ConfigType::TypedConfig(any(&RawBuffer {}))),
+        config_type: Some(transport_socket::ConfigType::TypedConfig(any(
+            &RawBuffer {},
+        ))),
     }
 }

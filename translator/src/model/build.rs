@@ -4,9 +4,8 @@
 //! have no pod IP (the local runner's loopback addresses).
 
 use super::{
-    ClientTls, ClientTlsMode, ContainerPort, DestinationRule, Labels, Mesh, MeshConfig,
-    Namespace, PeerAuthentication, PeerMode, PolicyMeta, Protocol, Service, ServicePort,
-    TargetPort, Workload,
+    ClientTls, ClientTlsMode, ContainerPort, DestinationRule, Labels, Mesh, MeshConfig, Namespace,
+    PeerAuthentication, PeerMode, PolicyMeta, Protocol, Service, ServicePort, TargetPort, Workload,
 };
 use crds::Object;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
@@ -51,7 +50,9 @@ pub fn has_sidecar(ns_labels: &Labels, pod_labels: &Labels, pod_annotations: &La
     if ns_labels.get("istio-injection").map(String::as_str) == Some("disabled") {
         return false;
     }
-    let pod_says = pod_labels.get(INJECT).or_else(|| pod_annotations.get(INJECT));
+    let pod_says = pod_labels
+        .get(INJECT)
+        .or_else(|| pod_annotations.get(INJECT));
     match pod_says.map(String::as_str) {
         Some("false") => return false,
         Some("true") => return true,
@@ -59,7 +60,10 @@ pub fn has_sidecar(ns_labels: &Labels, pod_labels: &Labels, pod_annotations: &La
     }
     ns_labels.get("istio-injection").map(String::as_str) == Some("enabled")
         || ns_labels.contains_key("istio.io/rev")
-        || pod_labels.get("security.istio.io/tlsMode").map(String::as_str) == Some("istio")
+        || pod_labels
+            .get("security.istio.io/tlsMode")
+            .map(String::as_str)
+            == Some("istio")
 }
 
 fn labels(meta: &ObjectMeta) -> Labels {
@@ -124,7 +128,9 @@ fn container_ports(containers: &[Container]) -> Vec<ContainerPort> {
 fn service_account(spec: Option<&PodSpec>) -> String {
     spec.and_then(|s| {
         #[allow(deprecated)]
-        s.service_account_name.clone().or_else(|| s.service_account.clone())
+        s.service_account_name
+            .clone()
+            .or_else(|| s.service_account.clone())
     })
     .filter(|s| !s.is_empty())
     .unwrap_or_else(|| "default".into())
@@ -173,7 +179,9 @@ pub fn build_mesh(inputs: &[Input<'_>], config: MeshConfig, addressing: &Address
                         let port = u16::try_from(p.port).ok()?;
                         let target_port = match &p.target_port {
                             None => TargetPort::Number(port),
-                            Some(IntOrString::Int(i)) => TargetPort::Number(u16::try_from(*i).ok()?),
+                            Some(IntOrString::Int(i)) => {
+                                TargetPort::Number(u16::try_from(*i).ok()?)
+                            }
                             Some(IntOrString::String(s)) => match s.parse::<u16>() {
                                 Ok(n) => TargetPort::Number(n),
                                 Err(_) => TargetPort::Name(s.clone()),
@@ -206,7 +214,9 @@ pub fn build_mesh(inputs: &[Input<'_>], config: MeshConfig, addressing: &Address
                 let tmeta = tmpl.metadata.clone().unwrap_or_default();
                 let replicas = spec.replicas.unwrap_or(1).max(0);
                 // Replace earlier replicas of the same Deployment.
-                pending.retain(|_, p| !(p.w.namespace == ns && p.w.owner.as_deref() == Some(name.as_str())));
+                pending.retain(|_, p| {
+                    !(p.w.namespace == ns && p.w.owner.as_deref() == Some(name.as_str()))
+                });
                 for i in 0..replicas {
                     let pod = format!("{name}-{i}");
                     pending.insert(
@@ -220,7 +230,10 @@ pub fn build_mesh(inputs: &[Input<'_>], config: MeshConfig, addressing: &Address
                                 ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                                 app_ip: None,
                                 ports: container_ports(
-                                    tmpl.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or(&[]),
+                                    tmpl.spec
+                                        .as_ref()
+                                        .map(|s| s.containers.as_slice())
+                                        .unwrap_or(&[]),
                                 ),
                                 sidecar: false,
                                 owner: Some(name.clone()),
@@ -250,7 +263,10 @@ pub fn build_mesh(inputs: &[Input<'_>], config: MeshConfig, addressing: &Address
                             ip: ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                             app_ip: None,
                             ports: container_ports(
-                                p.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or(&[]),
+                                p.spec
+                                    .as_ref()
+                                    .map(|s| s.containers.as_slice())
+                                    .unwrap_or(&[]),
                             ),
                             sidecar: false,
                             owner: None,
@@ -370,7 +386,9 @@ fn address(
         }
         if let (Some(app), IpAddr::V4(v4)) = (addressing.app_net, p.w.ip) {
             let app_base = u32::from(app) & 0xffff_0000;
-            p.w.app_ip = Some(IpAddr::V4(Ipv4Addr::from(app_base | (u32::from(v4) & 0xffff))));
+            p.w.app_ip = Some(IpAddr::V4(Ipv4Addr::from(
+                app_base | (u32::from(v4) & 0xffff),
+            )));
         }
         out.push(p.w);
     }

@@ -293,8 +293,10 @@ impl Mesh {
         workloads.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         peer_authentications.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
         destination_rules.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
-        let namespaces: BTreeMap<String, Namespace> =
-            namespaces.into_iter().map(|n| (n.name.clone(), n)).collect();
+        let namespaces: BTreeMap<String, Namespace> = namespaces
+            .into_iter()
+            .map(|n| (n.name.clone(), n))
+            .collect();
         let index = Index::build(&config, &services, &workloads);
         Mesh {
             config,

@@ -16,7 +16,9 @@
 //! which gates on the namespace mode and so misses workload STRICT under a
 //! mesh DISABLE (istio/istio#56084).
 
-use crate::model::{ClientTls, DestinationRule, Labels, Mesh, ObjectRef, Service, index_labels_match};
+use crate::model::{
+    ClientTls, DestinationRule, Labels, Mesh, ObjectRef, Service, index_labels_match,
+};
 use std::collections::HashMap;
 
 /// The client-side decision for one (client group, service port).
@@ -97,7 +99,12 @@ impl<'m> ClientPolicies<'m> {
 
     /// The rule a client in `client_ns` (matching the selector rules in
     /// `selected`) uses for `service`.
-    pub fn rule_for(&self, client_ns: &str, selected: &[usize], service: &Service) -> Option<usize> {
+    pub fn rule_for(
+        &self,
+        client_ns: &str,
+        selected: &[usize],
+        service: &Service,
+    ) -> Option<usize> {
         let fqdn = self.mesh.fqdn(service);
         let root = self.mesh.config.root_namespace.as_str();
         let mut seen: Vec<&str> = Vec::with_capacity(3);
@@ -204,7 +211,10 @@ mod tests {
             resolve_host("httpbin", "bar", "cluster.local"),
             "httpbin.bar.svc.cluster.local"
         );
-        assert_eq!(resolve_host("httpbin.bar", "foo", "cluster.local"), "httpbin.bar");
+        assert_eq!(
+            resolve_host("httpbin.bar", "foo", "cluster.local"),
+            "httpbin.bar"
+        );
         assert_eq!(resolve_host("*.local", "foo", "cluster.local"), "*.local");
     }
 
@@ -212,6 +222,9 @@ mod tests {
     fn wildcards_match_by_suffix() {
         assert!(wildcard_matches("*.local", "httpbin.bar.svc.cluster.local"));
         assert!(wildcard_matches("*", "x.y"));
-        assert!(!wildcard_matches("*.bar.svc.cluster.local", "httpbin.foo.svc.cluster.local"));
+        assert!(!wildcard_matches(
+            "*.bar.svc.cluster.local",
+            "httpbin.foo.svc.cluster.local"
+        ));
     }
 }

@@ -149,11 +149,7 @@ impl<'m> PeerPolicies<'m> {
 
     /// Resolve one workload. `target_ports` are the ports the sidecar serves
     /// for it (used only for the port-key diagnostics).
-    pub fn for_workload(
-        &self,
-        w: &Workload,
-        diags: &mut Vec<Diagnostic>,
-    ) -> WorkloadPeerPolicy {
+    pub fn for_workload(&self, w: &Workload, diags: &mut Vec<Diagnostic>) -> WorkloadPeerPolicy {
         let mut decided = self.for_namespace(&w.namespace);
         let mut ports = BTreeMap::new();
         let matching: Vec<&PeerAuthentication> = self
@@ -201,7 +197,11 @@ impl<'m> PeerPolicies<'m> {
     /// Diagnose `portLevelMtls` keys that match no port the sidecar serves
     /// for any selected workload (istio/istio#49098: the key is the target
     /// port, and a Service port silently does nothing).
-    pub fn check_port_keys(&self, target_ports: &[BTreeMap<u16, Vec<u16>>], diags: &mut Vec<Diagnostic>) {
+    pub fn check_port_keys(
+        &self,
+        target_ports: &[BTreeMap<u16, Vec<u16>>],
+        diags: &mut Vec<Diagnostic>,
+    ) {
         // target_ports[w] maps target port -> service ports, per workload.
         let mesh = self.mesh;
         for list in self.workload_policies.values() {
@@ -270,4 +270,3 @@ fn ignored_newer(pa: &PeerAuthentication, winner: &PeerAuthentication, scope: &s
         ),
     )
 }
-

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests of the translator.
 #![allow(dead_code)]
 
+pub mod sim;
+
 use std::path::{Path, PathBuf};
 use translator::model::build::{Addressing, mesh_from_yaml};
 use translator::model::{Mesh, MeshConfig};
@@ -51,7 +53,11 @@ fn yaml_files(path: &Path, out: &mut Vec<(String, String)>) {
 pub fn case_docs(case: &Path) -> Vec<(String, String)> {
     let mut docs = Vec::new();
     if let Ok(list) = std::fs::read_to_string(case.join("inputs.txt")) {
-        for line in list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in list
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             yaml_files(&repo_root().join(line), &mut docs);
         }
     }
@@ -76,7 +82,10 @@ pub fn load_case(case: &Path) -> Mesh {
         panic!(
             "{}: invalid input:\n{}",
             case.display(),
-            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })
 }

@@ -1,0 +1,300 @@
+//! Delta (incremental) ADS: responses carry only the resources that changed
+//! and the names that went away.
+//!
+//! Per type we keep the subscription (wildcard for CDS/LDS unless the first
+//! request names resources; `*` subscribes or unsubscribes the wildcard) and
+//! what the proxy holds, by name: the version it has, or that we told it the
+//! resource does not exist. A response is the difference between the
+//! current view and that record, so unchanged resources are never resent,
+//! a NACKed version is not resent (the record says the proxy got it), and
+//! `initial_resource_versions` of a reconnecting proxy seed the record.
+//!
+//! Unlike state of the world, subscription changes are applied whatever the
+//! nonce: they are increments, and dropping one would lose it for good. The
+//! nonce only decides whether `error_detail` / an ACK refers to the latest
+//! response.
+
+use super::{ConfigSource, Ended, Nack, Protocol, Session, Subscription, TypeStatus};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use translator::xds::set_version;
+use translator::{Resource, ResourceMap, ResourceType};
+
+/// What the proxy holds of one name: `Some(version)`, or `None` when we
+/// told it the resource does not exist.
+type Held = BTreeMap<String, Option<String>>;
+
+#[derive(Default)]
+struct DeltaType {
+    status: TypeStatus,
+    held: Held,
+}
+
+/// One delta stream after it was identified.
+pub(super) struct Delta<S: ConfigSource> {
+    session: Session<S, DeltaDiscoveryResponse>,
+    types: BTreeMap<ResourceType, DeltaType>,
+}
+
+impl<S: ConfigSource> Protocol<S> for Delta<S> {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const DELTA: bool = true;
+
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn new(session: Session<S, DeltaDiscoveryResponse>) -> Self {
+        Delta {
+            session,
+            types: BTreeMap::new(),
+        }
+    }
+
+    fn session(&self) -> &Session<S, DeltaDiscoveryResponse> {
+        &self.session
+    }
+
+    async fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        at: Instant,
+    ) -> Result<(), Ended> {
+        // Exhaustive on purpose: a new field in the protocol must be looked at.
+        let DeltaDiscoveryRequest {
+            node: _,
+            type_url,
+            resource_names_subscribe,
+            resource_names_unsubscribe,
+            resource_locators_subscribe: _,
+            resource_locators_unsubscribe: _,
+            initial_resource_versions,
+            response_nonce,
+            error_detail,
+        } = request;
+        let Some(kind) = ResourceType::from_type_url(&type_url) else {
+            self.session.unknown_type(&type_url);
+            return Ok(());
+        };
+        let first = !self.types.contains_key(&kind);
+        let state = self.types.entry(kind).or_default();
+        let subscription = state
+            .status
+            .subscription
+            .get_or_insert_with(|| Subscription {
+                // Legacy wildcard: a first CDS/LDS request naming nothing.
+                wildcard: kind.is_wildcard() && resource_names_subscribe.is_empty(),
+                names: BTreeSet::new(),
+            });
+        for name in resource_names_subscribe {
+            if name == "*" {
+                subscription.wildcard = true;
+            } else {
+                subscription.names.insert(name);
+            }
+        }
+        for name in resource_names_unsubscribe {
+            if name == "*" {
+                subscription.wildcard = false;
+            } else {
+                subscription.names.remove(&name);
+            }
+        }
+        if first {
+            state.held = initial_resource_versions
+                .into_iter()
+                .map(|(name, version)| (name, Some(version)))
+                .collect();
+        } else if !initial_resource_versions.is_empty() {
+            tracing::debug!(%kind, "ignoring initial_resource_versions after the first request");
+        }
+        // The proxy drops what it unsubscribed from; forget we sent it, so a
+        // later subscription sends it again.
+        let subscription = subscription.clone();
+        state.held.retain(|name, _| subscription.covers(name));
+        if state
+            .status
+            .sent
+            .keys()
+            .any(|name| !subscription.covers(name))
+        {
+            Arc::make_mut(&mut state.status.sent).retain(|name, _| subscription.covers(name));
+        }
+
+        if !response_nonce.is_empty() {
+            match &state.status.sent_nonce {
+                Some(sent) if *sent == response_nonce => {
+                    if let Some(error) = error_detail {
+                        let version = state.status.sent_version.clone().unwrap_or_default();
+                        tracing::warn!(%kind, %version, nonce = %response_nonce, error = %error.message, "proxy rejected configuration (NACK)");
+                        state.status.last_nack = Some(Nack {
+                            version,
+                            message: error.message,
+                            at: SystemTime::now(),
+                        });
+                        self.session.stats().record_nack(kind);
+                    } else {
+                        state.status.acked_version = state.status.sent_version.clone();
+                    }
+                }
+                _ => {
+                    tracing::debug!(%kind, nonce = %response_nonce, "ignoring ACK/NACK of a stale nonce");
+                }
+            }
+        }
+        self.session.publish(kind, &state.status);
+        // The first request of a type always gets an answer, even an empty
+        // one: Envoy's initialization waits for it.
+        self.push(kind, first, at).await
+    }
+
+    async fn on_change(&mut self) -> Result<(), Ended> {
+        let at = Instant::now();
+        match self.session.refresh() {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(status) => return Err(self.session.fail(status).await),
+        }
+        for kind in ResourceType::PUSH_ORDER {
+            self.push(kind, false, at).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The difference between what a proxy holds of one type and the view.
+#[derive(Default)]
+struct Diff {
+    /// New or changed resources.
+    changed: Vec<Arc<Resource>>,
+    /// Subscribed names that do not exist (any more).
+    removed: Vec<String>,
+    /// Held at the current version without being in `sent` (seeded from
+    /// `initial_resource_versions`): nothing to send, but now known.
+    adopted: Vec<Arc<Resource>>,
+}
+
+impl Diff {
+    fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+fn diff(all: &ResourceMap, state: &DeltaType) -> Diff {
+    let mut out = Diff::default();
+    let Some(subscription) = &state.status.subscription else {
+        return out;
+    };
+    let mut candidates: BTreeSet<&str> = subscription.names.iter().map(String::as_str).collect();
+    if subscription.wildcard {
+        candidates.extend(all.keys().map(String::as_str));
+        candidates.extend(state.held.keys().map(String::as_str));
+    }
+    for name in candidates {
+        match (all.get(name), state.held.get(name)) {
+            (Some(r), Some(Some(version))) if *version == r.version() => {
+                if !state.status.sent.contains_key(name) {
+                    out.adopted.push(Arc::clone(r));
+                }
+            }
+            (Some(r), _) => out.changed.push(Arc::clone(r)),
+            (None, Some(Some(_))) => out.removed.push(name.to_string()),
+            // Already told it does not exist.
+            (None, Some(None)) => {}
+            // Asked for by name but does not exist: say so, so the proxy
+            // does not wait for it (the xDS spec's way for delta).
+            (None, None) => {
+                if subscription.names.contains(name) {
+                    out.removed.push(name.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn delta_resource(r: &Resource) -> DeltaResource {
+    DeltaResource {
+        name: r.name.clone(),
+        resource_name: None,
+        aliases: Vec::new(),
+        version: r.version(),
+        resource: Some(r.body.clone()),
+        ttl: None,
+        cache_control: None,
+        metadata: None,
+    }
+}
+
+impl<S: ConfigSource> Delta<S> {
+    /// Sends what changed of `kind` since the proxy's record, if anything
+    /// (or an empty response when `force`).
+    async fn push(&mut self, kind: ResourceType, force: bool, at: Instant) -> Result<(), Ended> {
+        let Some(state) = self.types.get(&kind) else {
+            return Ok(());
+        };
+        let diff = diff(self.session.view.of(kind), state);
+        let mut sent = Arc::clone(&state.status.sent);
+        if !diff.adopted.is_empty() || !diff.is_empty() {
+            let map = Arc::make_mut(&mut sent);
+            for r in diff.adopted.iter().chain(&diff.changed) {
+                map.insert(r.name.clone(), Arc::clone(r));
+            }
+            for name in &diff.removed {
+                map.remove(name);
+            }
+        }
+        if diff.is_empty() && !force {
+            if !diff.adopted.is_empty()
+                && let Some(state) = self.types.get_mut(&kind)
+            {
+                state.status.sent = sent;
+                self.session.publish(kind, &state.status);
+            }
+            return Ok(());
+        }
+        let version = set_version(&sent);
+        let nonce = self.session.next_nonce();
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version.clone(),
+            resources: diff.changed.iter().map(|r| delta_resource(r)).collect(),
+            type_url: kind.type_url().to_string(),
+            removed_resources: diff.removed.clone(),
+            removed_resource_names: Vec::new(),
+            nonce: nonce.clone(),
+            control_plane: None,
+            resource_errors: Vec::new(),
+        };
+        self.session.send(response).await?;
+        self.session.stats().record_push(kind, at.elapsed());
+        tracing::debug!(%kind, %version, %nonce, changed = diff.changed.len(), removed = diff.removed.len(), "sent");
+        if let Some(state) = self.types.get_mut(&kind) {
+            for r in &diff.changed {
+                state.held.insert(r.name.clone(), Some(r.version()));
+            }
+            for name in diff.removed {
+                let named = state
+                    .status
+                    .subscription
+                    .as_ref()
+                    .is_some_and(|s| s.names.contains(&name));
+                if named {
+                    state.held.insert(name, None);
+                } else {
+                    state.held.remove(&name);
+                }
+            }
+            state.status.sent = sent;
+            state.status.sent_version = Some(version);
+            state.status.sent_nonce = Some(nonce);
+            self.session.publish(kind, &state.status);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,256 @@
+//! Who is connected and what each connection holds, per xDS type.
+//!
+//! Each stream task owns its protocol state and mirrors the part operators
+//! care about into the [`Registry`] with short synchronous DashMap writes
+//! (never across an `.await`). The debug endpoints read it through
+//! [`Registry::snapshot`] and [`Registry::sync_state`].
+
+use crate::identity::{Identity, ProxyId};
+use dashmap::DashMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+use translator::{ResourceMap, ResourceType};
+
+/// Identifies one ADS stream for its whole life; never reused.
+pub type ConnectionId = u64;
+
+/// A rejected response: what the proxy refused and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nack {
+    /// The version the proxy rejected (what we sent with the NACKed nonce).
+    pub version: String,
+    /// `error_detail.message` from the proxy.
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// What a stream asked for of one type.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// All resources of the type (CDS/LDS legacy wildcard or `*`).
+    pub wildcard: bool,
+    /// Resources asked for by name (in addition to the wildcard, if any).
+    pub names: BTreeSet<String>,
+}
+
+impl Subscription {
+    /// Whether `name` is covered by this subscription.
+    pub fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// The state of one xDS type on one connection.
+#[derive(Clone, Debug, Default)]
+pub struct TypeStatus {
+    /// Version of the last response sent (SotW `version_info`, delta
+    /// `system_version_info`); `None` until something was sent.
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    /// The version the proxy last confirmed (ACK).
+    pub acked_version: Option<String>,
+    pub last_nack: Option<Nack>,
+    /// What the proxy should hold after the last response: for SotW exactly
+    /// the resources of that response, for delta the accumulated set.
+    /// Shared with the cache, so keeping it is cheap; `/config_dump` reads it.
+    pub sent: Arc<ResourceMap>,
+    /// `None` until the proxy asks for this type on this connection.
+    pub subscription: Option<Subscription>,
+}
+
+/// Whether a proxy holds what we last sent it, for one type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SyncState {
+    /// The proxy ACKed the version last sent.
+    Synced,
+    /// Sent but not (yet) ACKed.
+    Stale,
+    /// The proxy rejected the version last sent.
+    Nacked,
+    /// Nothing sent for this type on this connection.
+    NotSent,
+}
+
+impl SyncState {
+    /// The spelling `istioctl proxy-status` uses.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Synced => "SYNCED",
+            SyncState::Stale => "STALE",
+            SyncState::Nacked => "NACKED",
+            SyncState::NotSent => "NOT SENT",
+        }
+    }
+}
+
+impl fmt::Display for SyncState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TypeStatus {
+    /// Where this type stands: the version last sent against what the proxy
+    /// said about it.
+    pub fn sync_state(&self) -> SyncState {
+        let Some(sent) = &self.sent_version else {
+            return SyncState::NotSent;
+        };
+        if self.acked_version.as_ref() == Some(sent) {
+            return SyncState::Synced;
+        }
+        match &self.last_nack {
+            Some(nack) if &nack.version == sent => SyncState::Nacked,
+            _ => SyncState::Stale,
+        }
+    }
+}
+
+/// One ADS stream, as the debug endpoints see it.
+#[derive(Clone, Debug)]
+pub struct ConnectionStatus {
+    pub id: ConnectionId,
+    pub node_id: String,
+    pub proxy: ProxyId,
+    pub identity: Identity,
+    pub connected_at: SystemTime,
+    /// Incremental (delta) xDS rather than state of the world.
+    pub delta: bool,
+    pub types: BTreeMap<ResourceType, TypeStatus>,
+}
+
+/// All open ADS streams. Shared (`Arc`) by the ADS server and the debug
+/// endpoints; entries are added when a stream identifies its node and
+/// removed when it ends.
+#[derive(Debug, Default)]
+pub struct Registry {
+    connections: DashMap<ConnectionId, ConnectionStatus>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    /// A fresh id for a new stream.
+    pub(crate) fn next_id(&self) -> ConnectionId {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn insert(&self, status: ConnectionStatus) {
+        self.connections.insert(status.id, status);
+    }
+
+    pub(crate) fn remove(&self, id: ConnectionId) {
+        self.connections.remove(&id);
+    }
+
+    /// Mirrors one type's state of a connection.
+    pub(crate) fn set_type(&self, id: ConnectionId, kind: ResourceType, status: &TypeStatus) {
+        if let Some(mut c) = self.connections.get_mut(&id) {
+            c.types.insert(kind, status.clone());
+        }
+    }
+
+    /// Updates who a connection is after its view was refreshed.
+    pub(crate) fn set_proxy(&self, id: ConnectionId, proxy: &ProxyId, identity: &Identity) {
+        if let Some(mut c) = self.connections.get_mut(&id) {
+            if &c.proxy != proxy {
+                c.proxy = proxy.clone();
+            }
+            if &c.identity != identity {
+                c.identity = identity.clone();
+            }
+        }
+    }
+
+    /// A copy of every open connection, sorted by proxy then connection id.
+    pub fn snapshot(&self) -> Vec<ConnectionStatus> {
+        let mut all: Vec<ConnectionStatus> =
+            self.connections.iter().map(|e| e.value().clone()).collect();
+        all.sort_by(|a, b| a.proxy.cmp(&b.proxy).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    /// One connection, if it is still open.
+    pub fn get(&self, id: ConnectionId) -> Option<ConnectionStatus> {
+        self.connections.get(&id).map(|e| e.value().clone())
+    }
+
+    /// Number of open streams.
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Whether no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    /// Sync state of every type for `proxy`, taken from its newest
+    /// connection (a reconnecting proxy may briefly have two); `None` if the
+    /// proxy is not connected.
+    pub fn sync_state(&self, proxy: &ProxyId) -> Option<BTreeMap<ResourceType, SyncState>> {
+        let newest = self
+            .connections
+            .iter()
+            .filter(|e| &e.value().proxy == proxy)
+            .max_by_key(|e| *e.key())
+            .map(|e| e.value().types.clone())?;
+        Some(
+            ResourceType::PUSH_ORDER
+                .into_iter()
+                .map(|kind| {
+                    let state = newest
+                        .get(&kind)
+                        .map_or(SyncState::NotSent, TypeStatus::sync_state);
+                    (kind, state)
+                })
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(sent: Option<&str>, acked: Option<&str>, nacked: Option<&str>) -> TypeStatus {
+        TypeStatus {
+            sent_version: sent.map(str::to_string),
+            acked_version: acked.map(str::to_string),
+            last_nack: nacked.map(|v| Nack {
+                version: v.to_string(),
+                message: "bad".to_string(),
+                at: SystemTime::UNIX_EPOCH,
+            }),
+            ..TypeStatus::default()
+        }
+    }
+
+    #[test]
+    fn ads_sync_state_compares_sent_acked_and_nacked() {
+        assert_eq!(status(None, None, None).sync_state(), SyncState::NotSent);
+        assert_eq!(
+            status(Some("a"), Some("a"), None).sync_state(),
+            SyncState::Synced
+        );
+        assert_eq!(
+            status(Some("b"), Some("a"), None).sync_state(),
+            SyncState::Stale
+        );
+        assert_eq!(
+            status(Some("b"), Some("a"), Some("b")).sync_state(),
+            SyncState::Nacked
+        );
+        // A newer version after a NACK is stale until ACKed, then synced.
+        assert_eq!(
+            status(Some("c"), Some("a"), Some("b")).sync_state(),
+            SyncState::Stale
+        );
+        assert_eq!(
+            status(Some("c"), Some("c"), Some("b")).sync_state(),
+            SyncState::Synced
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! State-of-the-world ADS: every response carries the full set of resources
+//! of its type that the proxy subscribed to.
+//!
+//! Per type we keep the subscription, the version and nonce last sent, the
+//! version last ACKed and the last NACK. The rules (go-control-plane's, plus
+//! recording NACKs):
+//! - a request whose `response_nonce` is not the nonce last sent for its type
+//!   is stale and ignored entirely, subscription included; the first request
+//!   of a type (nothing sent yet) is always taken;
+//! - `error_detail` makes a request a NACK: recorded, and the rejected
+//!   version is not sent again; the next different version is;
+//! - a type is pushed when the version of its subscribed resources differs
+//!   from the one last sent, or when the subscription changed;
+//! - a change pushes the subscribed types in [`ResourceType::PUSH_ORDER`].
+//!
+//! `version_info` of a stream's first request (left from an earlier server)
+//! is not trusted: a new stream always gets the current state.
+
+use super::{ConfigSource, Ended, Nack, Protocol, Session, Subscription, TypeStatus};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use translator::xds::set_version;
+use translator::{ResourceMap, ResourceType};
+
+/// One state-of-the-world stream after it was identified.
+pub(super) struct Sotw<S: ConfigSource> {
+    session: Session<S, DiscoveryResponse>,
+    types: BTreeMap<ResourceType, TypeStatus>,
+}
+
+impl<S: ConfigSource> Protocol<S> for Sotw<S> {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const DELTA: bool = false;
+
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
+    }
+
+    fn new(session: Session<S, DiscoveryResponse>) -> Self {
+        Sotw {
+            session,
+            types: BTreeMap::new(),
+        }
+    }
+
+    fn session(&self) -> &Session<S, DiscoveryResponse> {
+        &self.session
+    }
+
+    async fn on_request(&mut self, request: DiscoveryRequest, at: Instant) -> Result<(), Ended> {
+        // Exhaustive on purpose: a new field in the protocol must be looked at.
+        let DiscoveryRequest {
+            version_info,
+            node: _,
+            resource_names,
+            resource_locators: _,
+            type_url,
+            response_nonce,
+            error_detail,
+        } = request;
+        let Some(kind) = ResourceType::from_type_url(&type_url) else {
+            self.session.unknown_type(&type_url);
+            return Ok(());
+        };
+        let status = self.types.entry(kind).or_default();
+        if let Some(sent_nonce) = &status.sent_nonce {
+            if *sent_nonce != response_nonce {
+                tracing::debug!(%kind, nonce = %response_nonce, latest = %sent_nonce, "ignoring stale request");
+                return Ok(());
+            }
+            if let Some(error) = error_detail {
+                let version = status.sent_version.clone().unwrap_or_default();
+                tracing::warn!(%kind, %version, nonce = %response_nonce, error = %error.message, "proxy rejected configuration (NACK)");
+                status.last_nack = Some(Nack {
+                    version,
+                    message: error.message,
+                    at: SystemTime::now(),
+                });
+                self.session.stats().record_nack(kind);
+            } else {
+                status.acked_version = Some(version_info);
+            }
+        }
+        let subscription = sotw_subscription(kind, resource_names);
+        let changed = status.subscription.as_ref() != Some(&subscription);
+        status.subscription = Some(subscription);
+        self.session.publish(kind, status);
+        self.push(kind, changed, at).await
+    }
+
+    /// After a change: re-read the view and push what differs, in order.
+    async fn on_change(&mut self) -> Result<(), Ended> {
+        let at = Instant::now();
+        match self.session.refresh() {
+            Ok(true) => {}
+            Ok(false) => return Ok(()),
+            Err(status) => return Err(self.session.fail(status).await),
+        }
+        for kind in ResourceType::PUSH_ORDER {
+            self.push(kind, false, at).await?;
+        }
+        Ok(())
+    }
+}
+
+impl<S: ConfigSource> Sotw<S> {
+    /// Sends `kind` if the proxy subscribed to it and its version differs
+    /// from what was sent last (or `force`, after a subscription change).
+    async fn push(&mut self, kind: ResourceType, force: bool, at: Instant) -> Result<(), Ended> {
+        let Some(status) = self.types.get(&kind) else {
+            return Ok(());
+        };
+        let Some(subscription) = &status.subscription else {
+            return Ok(());
+        };
+        let resources = select(self.session.view.of(kind), subscription);
+        let version = set_version(&resources);
+        if !force && status.sent_version.as_ref() == Some(&version) {
+            return Ok(());
+        }
+        let nonce = self.session.next_nonce();
+        let response = DiscoveryResponse {
+            version_info: version.clone(),
+            resources: resources.values().map(|r| r.body.clone()).collect(),
+            canary: false,
+            type_url: kind.type_url().to_string(),
+            nonce: nonce.clone(),
+            control_plane: None,
+            resource_errors: Vec::new(),
+        };
+        self.session.send(response).await?;
+        self.session.stats().record_push(kind, at.elapsed());
+        tracing::debug!(%kind, %version, %nonce, count = resources.len(), "sent");
+        if let Some(status) = self.types.get_mut(&kind) {
+            status.sent_version = Some(version);
+            status.sent_nonce = Some(nonce);
+            status.sent = resources;
+            self.session.publish(kind, status);
+        }
+        Ok(())
+    }
+}
+
+/// The subscription a state-of-the-world request expresses. For CDS/LDS an
+/// empty list (legacy) or `*` means all; other types are always by name.
+fn sotw_subscription(kind: ResourceType, names: Vec<String>) -> Subscription {
+    let wildcard = kind.is_wildcard() && (names.is_empty() || names.iter().any(|n| n == "*"));
+    Subscription {
+        wildcard,
+        names: names.into_iter().filter(|n| n != "*").collect(),
+    }
+}
+
+/// The resources of `all` that `subscription` covers. Shares the map when
+/// it covers everything.
+fn select(all: &Arc<ResourceMap>, subscription: &Subscription) -> Arc<ResourceMap> {
+    if subscription.wildcard {
+        return Arc::clone(all);
+    }
+    Arc::new(
+        subscription
+            .names
+            .iter()
+            .filter_map(|name| all.get_key_value(name))
+            .map(|(name, r)| (name.clone(), Arc::clone(r)))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ads_sotw_wildcard_only_for_cds_and_lds() {
+        assert!(sotw_subscription(ResourceType::Cluster, vec![]).wildcard);
+        assert!(sotw_subscription(ResourceType::Listener, vec!["*".into()]).wildcard);
+        assert!(!sotw_subscription(ResourceType::Endpoint, vec![]).wildcard);
+        let named = sotw_subscription(ResourceType::Route, vec!["a".into(), "b".into()]);
+        assert!(!named.wildcard);
+        assert_eq!(named.names.len(), 2);
+    }
+}

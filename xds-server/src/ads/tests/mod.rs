@@ -1,0 +1,374 @@
+//! Protocol tests for the ADS server, driven in-process through the
+//! generated gRPC client wired straight to the generated server (real gRPC
+//! framing and the real trait methods, no socket). A fake [`ConfigSource`]
+//! holds one view per node and ticks its change signal on every update.
+//!
+//! "Nothing was sent" is checked without sleeping: a stream is one task
+//! handling its inputs in order, so after an input that must not produce a
+//! response we send a probe that must, and assert the probe's answer is the
+//! next message.
+
+mod delta;
+mod sotw;
+
+use super::*;
+use crate::cache::ProxyView;
+use crate::identity::{Identity, Peer, ProxyId};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use translator::{ProxyResources, Resource, ResourceMap};
+
+pub(super) const NODE: &str = "sidecar~10.0.0.5~httpbin-0.foo~foo.svc.cluster.local";
+
+/// A config source whose views the test sets by hand.
+pub(super) struct FakeSource {
+    views: Mutex<HashMap<String, Arc<ProxyView>>>,
+    changes: watch::Sender<u64>,
+    /// The peer each `view` call was made for, in order.
+    peers: Mutex<Vec<Peer>>,
+}
+
+impl FakeSource {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(FakeSource {
+            views: Mutex::new(HashMap::new()),
+            changes: watch::channel(0).0,
+            peers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Sets the view of `node` and ticks the change signal.
+    pub(super) fn set(&self, node: &str, resources: &[Arc<Resource>]) {
+        self.views
+            .lock()
+            .expect("views lock")
+            .insert(node.to_string(), Arc::new(view(resources)));
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    pub(super) fn peers(&self) -> Vec<Peer> {
+        self.peers.lock().expect("peers lock").clone()
+    }
+}
+
+impl ConfigSource for FakeSource {
+    fn view(&self, node_id: &str, peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
+        self.peers.lock().expect("peers lock").push(peer.clone());
+        self.views
+            .lock()
+            .expect("views lock")
+            .get(node_id)
+            .cloned()
+            .ok_or_else(|| ViewError::UnknownWorkload {
+                node_id: node_id.to_string(),
+                namespace: "foo".to_string(),
+                pod: "ghost-0".to_string(),
+            })
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+fn view(resources: &[Arc<Resource>]) -> ProxyView {
+    let mut maps: BTreeMap<ResourceType, ResourceMap> = BTreeMap::new();
+    for r in resources {
+        maps.entry(r.kind)
+            .or_default()
+            .insert(r.name.clone(), Arc::clone(r));
+    }
+    let mut take = |kind| Arc::new(maps.remove(&kind).unwrap_or_default());
+    ProxyView {
+        proxy: ProxyId {
+            namespace: "foo".to_string(),
+            pod: "httpbin-0".to_string(),
+        },
+        identity: Identity {
+            namespace: "foo".to_string(),
+            service_account: "httpbin".to_string(),
+        },
+        resources: ProxyResources {
+            clusters: take(ResourceType::Cluster),
+            endpoints: take(ResourceType::Endpoint),
+            listeners: take(ResourceType::Listener),
+            routes: take(ResourceType::Route),
+        },
+        secrets: take(ResourceType::Secret),
+    }
+}
+
+/// A resource of `kind` named `name`; a different `rev` changes its content.
+pub(super) fn res(kind: ResourceType, name: &str, rev: u32) -> Arc<Resource> {
+    let n = name.to_string();
+    Arc::new(match kind {
+        ResourceType::Cluster => Resource::new(
+            name,
+            kind,
+            &Cluster {
+                name: n,
+                alt_stat_name: format!("rev{rev}"),
+                ..Default::default()
+            },
+        ),
+        ResourceType::Endpoint => Resource::new(
+            name,
+            kind,
+            &ClusterLoadAssignment {
+                cluster_name: n,
+                endpoints: vec![LocalityLbEndpoints {
+                    priority: rev,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ),
+        ResourceType::Listener => Resource::new(
+            name,
+            kind,
+            &Listener {
+                name: n,
+                stat_prefix: format!("rev{rev}"),
+                ..Default::default()
+            },
+        ),
+        ResourceType::Route => Resource::new(
+            name,
+            kind,
+            &RouteConfiguration {
+                name: n,
+                internal_only_headers: vec![format!("x-rev-{rev}")],
+                ..Default::default()
+            },
+        ),
+        ResourceType::Secret => Resource::new(
+            name,
+            kind,
+            &Secret {
+                name: n,
+                ..Default::default()
+            },
+        ),
+    })
+}
+
+/// The name inside an encoded resource, whatever its type.
+pub(super) fn name_of(any: &Any) -> String {
+    let bytes = any.value.as_slice();
+    let kind = ResourceType::from_type_url(&any.type_url).expect("a known type");
+    match kind {
+        ResourceType::Cluster => Cluster::decode(bytes).expect("cluster").name,
+        ResourceType::Endpoint => {
+            ClusterLoadAssignment::decode(bytes)
+                .expect("endpoints")
+                .cluster_name
+        }
+        ResourceType::Listener => Listener::decode(bytes).expect("listener").name,
+        ResourceType::Route => RouteConfiguration::decode(bytes).expect("route").name,
+        ResourceType::Secret => Secret::decode(bytes).expect("secret").name,
+    }
+}
+
+/// Runs a test body, failing it if it takes more than a few seconds.
+pub(super) async fn within<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), body)
+        .await
+        .expect("test timed out")
+}
+
+/// Waits until `check` holds (the server applies requests asynchronously).
+pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let wait = async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .is_err()
+    {
+        panic!("timed out waiting until {what}");
+    }
+}
+
+pub(super) type Service = AggregatedDiscoveryServiceServer<AdsServer<FakeSource>>;
+
+/// A gRPC client calling the server's service directly, in-process.
+pub(super) fn client(server: &AdsServer<FakeSource>) -> AggregatedDiscoveryServiceClient<Service> {
+    AggregatedDiscoveryServiceClient::new(server.clone().into_service())
+}
+
+/// The resources every test starts from.
+pub(super) fn base() -> Vec<Arc<Resource>> {
+    vec![
+        res(
+            ResourceType::Cluster,
+            "outbound|80||a.foo.svc.cluster.local",
+            1,
+        ),
+        res(
+            ResourceType::Cluster,
+            "outbound|80||b.foo.svc.cluster.local",
+            1,
+        ),
+        res(
+            ResourceType::Endpoint,
+            "outbound|80||a.foo.svc.cluster.local",
+            1,
+        ),
+        res(
+            ResourceType::Endpoint,
+            "outbound|80||b.foo.svc.cluster.local",
+            1,
+        ),
+        res(ResourceType::Listener, "virtualInbound", 1),
+        res(ResourceType::Listener, "virtualOutbound", 1),
+        res(ResourceType::Route, "80", 1),
+        res(ResourceType::Secret, "default", 1),
+        res(ResourceType::Secret, "ROOTCA", 1),
+    ]
+}
+
+pub(super) const EDS_A: &str = "outbound|80||a.foo.svc.cluster.local";
+pub(super) const EDS_B: &str = "outbound|80||b.foo.svc.cluster.local";
+
+/// A source serving [`base`] to [`NODE`], and a server on it.
+pub(super) fn setup() -> (Arc<FakeSource>, AdsServer<FakeSource>) {
+    let source = FakeSource::new();
+    source.set(NODE, &base());
+    let server = AdsServer::new(Arc::clone(&source));
+    (source, server)
+}
+
+/// [`base`] with `replaced` swapped in (by kind and name) and `removed` gone.
+pub(super) fn base_with(
+    replaced: &[Arc<Resource>],
+    removed: &[(ResourceType, &str)],
+) -> Vec<Arc<Resource>> {
+    let mut all: BTreeMap<(ResourceType, String), Arc<Resource>> = base()
+        .into_iter()
+        .map(|r| ((r.kind, r.name.clone()), r))
+        .collect();
+    for r in replaced {
+        all.insert((r.kind, r.name.clone()), Arc::clone(r));
+    }
+    for (kind, name) in removed {
+        all.remove(&(*kind, name.to_string()));
+    }
+    all.into_values().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_resolver_supplies_the_peer_to_the_source() {
+    within(async {
+        let source = FakeSource::new();
+        source.set(NODE, &base());
+        let server = AdsServer::new(Arc::clone(&source)).with_peer_resolver(|metadata, _| {
+            match metadata
+                .get("x-test-identity")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(sa) => Peer::Certificate(Identity {
+                    namespace: "foo".to_string(),
+                    service_account: sa.to_string(),
+                }),
+                None => Peer::Unauthenticated,
+            }
+        });
+        let mut stream = sotw::Stream::open_with(&server, |request| {
+            request
+                .metadata_mut()
+                .insert("x-test-identity", "httpbin".parse().expect("ascii"));
+        })
+        .await;
+        stream
+            .send(sotw::request(ResourceType::Cluster, &[], "", ""))
+            .await;
+        stream.recv().await;
+        assert_eq!(
+            source.peers().first(),
+            Some(&Peer::Certificate(Identity {
+                namespace: "foo".to_string(),
+                service_account: "httpbin".to_string(),
+            }))
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_removes_connection_on_disconnect() {
+    within(async {
+        let (_source, server) = setup();
+        let registry = server.registry();
+        let stats = server.stats();
+
+        let mut stream = sotw::Stream::open(&server).await;
+        stream
+            .send(sotw::request(ResourceType::Cluster, &[], "", ""))
+            .await;
+        stream.recv().await;
+        let mut delta = delta::Stream::open(&server).await;
+        delta
+            .send(delta::request(ResourceType::Listener, &[], &[], ""))
+            .await;
+        delta.recv().await;
+
+        let all = registry.snapshot();
+        assert_eq!(all.len(), 2);
+        assert!(
+            all.iter()
+                .all(|c| c.node_id == NODE && c.proxy.pod == "httpbin-0")
+        );
+        assert_eq!(all.iter().filter(|c| c.delta).count(), 1);
+        assert_eq!(stats.connected(), 2);
+
+        drop(stream);
+        eventually("the SotW stream is unregistered", || registry.len() == 1).await;
+        assert!(registry.snapshot()[0].delta);
+        drop(delta);
+        eventually("the delta stream is unregistered", || registry.is_empty()).await;
+        assert_eq!(stats.connected(), 0);
+    })
+    .await;
+}
+
+#[test]
+fn ads_view_errors_map_to_grpc_codes() {
+    use tonic::Code;
+    let cases = [
+        (ViewError::BadNodeId("x".to_string()), Code::InvalidArgument),
+        (
+            ViewError::UnknownWorkload {
+                node_id: NODE.to_string(),
+                namespace: "foo".to_string(),
+                pod: "p".to_string(),
+            },
+            Code::NotFound,
+        ),
+        (
+            ViewError::IdentityMismatch {
+                node_id: NODE.to_string(),
+                claimed: "foo/a".to_string(),
+                authenticated: "foo/b".to_string(),
+            },
+            Code::PermissionDenied,
+        ),
+        (ViewError::NotReady, Code::Unavailable),
+    ];
+    for (error, code) in cases {
+        let status = status_of(&error);
+        assert_eq!(status.code(), code, "{error}");
+        assert_eq!(status.message(), error.to_string());
+    }
+}

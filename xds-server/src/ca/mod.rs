@@ -1,0 +1,189 @@
+//! Built-in certificate authority: the root that every sidecar trusts
+//! (`ROOTCA`) and the short-lived workload certificates (`default`) that
+//! carry each workload's SPIFFE identity.
+//!
+//! Istio's sidecars generate a key and send a CSR through istio-agent; a
+//! stock Envoy cannot, so this CA generates the key too and the server
+//! delivers both over SDS on the xDS stream of the proxy that is allowed to
+//! act as that identity. Certificates follow istiod's: ECDSA P-256, an
+//! empty subject (Envoy's XFCC prints `Subject=""`) with the identity in a
+//! critical URI SAN, serverAuth + clientAuth, 24h by default, renewed at
+//! half-life (mtls-semantics.md, section 5).
+//!
+//! Pipeline position: `runner` creates the CA at start-up from the state
+//! directory; the SDS part of the ADS server calls [`CertificateAuthority::issue`]
+//! and turns the result into resources with [`sds_resources`].
+
+mod cert;
+mod sds;
+mod store;
+
+pub use cert::{SecretString, WorkloadCert};
+pub use sds::{ROOT_SECRET, WORKLOAD_SECRET, sds_resources};
+
+use crate::identity::Identity;
+use anyhow::{Context, bail};
+use rcgen::{
+    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+};
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use time::OffsetDateTime;
+
+/// Istio's `DEFAULT_WORKLOAD_CERT_TTL`.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// How far back a certificate's validity starts, so a peer whose clock is a
+/// little behind ours does not reject a certificate issued just now.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// The CA: a root key and certificate, and the trust domain it issues for.
+pub struct CertificateAuthority {
+    trust_domain: String,
+    root_pem: String,
+    root_not_after: SystemTime,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    // The issuer holds the root key: print only what is public.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .field("root_not_after", &self.root_not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Loads the root from `state_dir/ca/`, creating it on the first start.
+    /// Errors name the file that is missing, unreadable or corrupt.
+    pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> anyhow::Result<Self> {
+        if trust_domain.is_empty() || !trust_domain.is_ascii() || trust_domain.contains('/') {
+            bail!("trust domain {trust_domain:?} must be a non-empty ASCII name without '/'");
+        }
+        let root = store::load_or_create(state_dir, SystemTime::now())?;
+        Ok(CertificateAuthority {
+            // Istio replaces '@' with '.' (pkg/spiffe/spiffe.go).
+            trust_domain: trust_domain.replace('@', "."),
+            root_pem: root.cert_pem,
+            root_not_after: root.not_after,
+            issuer: root.issuer,
+        })
+    }
+
+    /// The root certificate, PEM: the trust bundle (`ROOTCA`).
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Issues a fresh key and certificate for `identity`, valid from
+    /// `now - CLOCK_SKEW` to `now + lifetime`.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> anyhow::Result<WorkloadCert> {
+        if identity.namespace.is_empty() || identity.service_account.is_empty() {
+            bail!(
+                "cannot issue a certificate for {identity:?}: namespace and service account must be set"
+            );
+        }
+        if lifetime.is_zero() {
+            bail!("cannot issue a certificate for {identity}: the lifetime must be positive");
+        }
+        let spiffe_id = identity.spiffe_id(&self.trust_domain);
+        let expiry = now
+            .checked_add(lifetime)
+            .with_context(|| format!("certificate lifetime {lifetime:?} is out of range"))?;
+        if expiry > self.root_not_after {
+            bail!(
+                "cannot issue a certificate for {identity} valid until {expiry:?}: \
+                 the root CA expires earlier, at {:?}",
+                self.root_not_after
+            );
+        }
+        let (nb_odt, not_before) = cert_time(now.checked_sub(CLOCK_SKEW).unwrap_or(UNIX_EPOCH))?;
+        let (na_odt, not_after) = cert_time(expiry)?;
+
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| anyhow::anyhow!("generating a key for {identity}: {e}"))?;
+        let serial = random_serial()?;
+
+        let mut params = CertificateParams::default();
+        // rcgen's default subject has a CN; a workload certificate has none.
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names =
+            vec![SanType::URI(spiffe_id.clone().try_into().map_err(|e| {
+                anyhow::anyhow!("{spiffe_id:?} is not a valid URI SAN: {e}")
+            })?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(serial.clone().into());
+        params.not_before = nb_odt;
+        params.not_after = na_odt;
+
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| anyhow::anyhow!("signing the certificate for {identity}: {e}"))?;
+
+        Ok(WorkloadCert {
+            cert_chain_pem: cert.pem(),
+            private_key_pem: SecretString::new(key.serialize_pem()),
+            serial_hex: serial_hex(&serial),
+            spiffe_id,
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// 128 random bits, as a positive serial number (the DER encoder adds a
+/// leading zero byte where the top bit is set).
+fn random_serial() -> anyhow::Result<Vec<u8>> {
+    let mut serial = vec![0u8; 16];
+    getrandom::getrandom(&mut serial)
+        .map_err(|e| anyhow::anyhow!("reading random bytes for a serial number: {e}"))?;
+    Ok(serial)
+}
+
+/// Lowercase hex of the serial's value (no leading zero bytes), as Envoy's
+/// `/certs` prints it.
+fn serial_hex(serial: &[u8]) -> String {
+    let start = serial
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(serial.len().saturating_sub(1));
+    serial[start..].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A certificate time: `t` truncated to whole seconds (what X.509 can
+/// hold), both as rcgen wants it and as we report it.
+fn cert_time(t: SystemTime) -> anyhow::Result<(OffsetDateTime, SystemTime)> {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .context("certificate times must be after 1970")?
+        .as_secs();
+    let odt = i64::try_from(secs)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .with_context(|| format!("certificate time {secs}s after 1970 is out of range"))?;
+    Ok((odt, UNIX_EPOCH + Duration::from_secs(secs)))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,212 @@
+//! The root CA on disk: `STATE_DIR/ca/root-cert.pem` and `root-key.pem`.
+//!
+//! Created once, on the first start, and loaded on every later one, so that
+//! certificates issued before a restart stay trusted after it. The key file
+//! is written with mode 0600 in a 0700 directory, and a new root only
+//! appears on disk once both files are complete (written aside, then
+//! renamed, certificate last). A root that is unreadable, does not match
+//! its key or has expired is an error naming the file: replacing a root
+//! silently would break every workload's mTLS at once.
+
+use anyhow::{Context, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub(super) const CERT_FILE: &str = "root-cert.pem";
+pub(super) const KEY_FILE: &str = "root-key.pem";
+/// Istio's self-signed root lives 10 years too.
+pub(super) const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+pub(super) const ROOT_ORGANIZATION: &str = "xds-server";
+pub(super) const ROOT_COMMON_NAME: &str = "xds-server root CA";
+
+/// A loaded (or just created) root: what the CA needs to sign with.
+pub(super) struct Root {
+    pub cert_pem: String,
+    pub issuer: Issuer<'static, KeyPair>,
+    pub not_after: SystemTime,
+}
+
+pub(super) fn load_or_create(state_dir: &Path, now: SystemTime) -> anyhow::Result<Root> {
+    let dir = state_dir.join("ca");
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => load(&cert_path, &key_path, now),
+        (false, false) => create(&dir, &cert_path, &key_path, now),
+        (true, false) => bail!(
+            "root CA certificate {} exists but its key {} does not; restore the key, \
+             or remove the certificate to create a new root (every workload certificate \
+             will then be replaced)",
+            cert_path.display(),
+            key_path.display()
+        ),
+        (false, true) => bail!(
+            "root CA key {} exists but its certificate {} does not; restore the certificate, \
+             or remove the key to create a new root (every workload certificate \
+             will then be replaced)",
+            key_path.display(),
+            cert_path.display()
+        ),
+    }
+}
+
+fn load(cert_path: &Path, key_path: &Path, now: SystemTime) -> anyhow::Result<Root> {
+    let cert_pem = fs::read_to_string(cert_path)
+        .with_context(|| format!("reading root CA certificate {}", cert_path.display()))?;
+    let key_pem = fs::read_to_string(key_path)
+        .with_context(|| format!("reading root CA key {}", key_path.display()))?;
+    warn_if_key_readable_by_others(key_path);
+
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+        anyhow::anyhow!(
+            "root CA key {} is not a PEM PKCS#8 private key: {e}",
+            key_path.display()
+        )
+    })?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| {
+        anyhow::anyhow!(
+            "root CA certificate {} is not a PEM certificate: {e}",
+            cert_path.display()
+        )
+    })?;
+    let x509 = pem.parse_x509().map_err(|e| {
+        anyhow::anyhow!(
+            "root CA certificate {} does not parse as X.509: {e}",
+            cert_path.display()
+        )
+    })?;
+    if !x509.is_ca() {
+        bail!(
+            "root CA certificate {} is not a CA certificate (basic constraints CA:FALSE)",
+            cert_path.display()
+        );
+    }
+    if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        bail!(
+            "root CA certificate {} does not belong to the key {}",
+            cert_path.display(),
+            key_path.display()
+        );
+    }
+    let not_after = system_time(x509.validity().not_after.timestamp());
+    if not_after <= now {
+        bail!(
+            "root CA certificate {} expired at {}; move both files in {} away to create a \
+             new root (every workload certificate will then be replaced)",
+            cert_path.display(),
+            x509.validity().not_after,
+            cert_path.parent().unwrap_or(cert_path).display()
+        );
+    }
+    let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
+        anyhow::anyhow!(
+            "root CA certificate {} cannot be used to sign: {e}",
+            cert_path.display()
+        )
+    })?;
+    tracing::info!(path = %cert_path.display(), "loaded root CA");
+    Ok(Root {
+        cert_pem,
+        issuer,
+        not_after,
+    })
+}
+
+fn create(dir: &Path, cert_path: &Path, key_path: &Path, now: SystemTime) -> anyhow::Result<Root> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating CA directory {}", dir.display()))?;
+
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| anyhow::anyhow!("generating the root CA key: {e}"))?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, ROOT_ORGANIZATION);
+    dn.push(DnType::CommonName, ROOT_COMMON_NAME);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(super::random_serial()?.into());
+    let (not_before, _) = super::cert_time(now)?;
+    let (not_after_odt, not_after) = super::cert_time(
+        now.checked_add(ROOT_LIFETIME)
+            .context("root CA expiry is out of range")?,
+    )?;
+    params.not_before = not_before;
+    params.not_after = not_after_odt;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| anyhow::anyhow!("self-signing the root CA: {e}"))?;
+    let cert_pem = cert.pem();
+
+    // Both files are written aside and renamed into place, key first: a
+    // crash leaves either nothing or a complete root behind, never a
+    // truncated file.
+    write_new(&tmp(key_path), key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&tmp(cert_path), cert_pem.as_bytes(), 0o644)?;
+    fs::rename(tmp(key_path), key_path)
+        .with_context(|| format!("writing root CA key {}", key_path.display()))?;
+    fs::rename(tmp(cert_path), cert_path)
+        .with_context(|| format!("writing root CA certificate {}", cert_path.display()))?;
+    tracing::info!(path = %cert_path.display(), "created a new root CA");
+
+    Ok(Root {
+        cert_pem,
+        issuer: Issuer::new(params, key),
+        not_after,
+    })
+}
+
+fn tmp(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// Writes a file that only gets `mode` (never wider, whatever the umask
+/// allowed before), replacing a stale temporary file of an earlier attempt.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn warn_if_key_readable_by_others(key_path: &Path) {
+    if let Ok(meta) = fs::metadata(key_path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %key_path.display(),
+                mode = format_args!("{mode:o}"),
+                "root CA key is readable by other users; it should be mode 600"
+            );
+        }
+    }
+}
+
+fn system_time(unix_seconds: i64) -> SystemTime {
+    match u64::try_from(unix_seconds) {
+        Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs),
+        Err(_) => UNIX_EPOCH,
+    }
+}

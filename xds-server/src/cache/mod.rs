@@ -1,0 +1,338 @@
+//! Per-proxy views of the current translation, plus that proxy's secrets.
+//!
+//! The cache decides *what* a proxy should hold; the ADS server (`ads`)
+//! decides *when and how* to send it. Their only contract is
+//! [`crate::ads::ConfigSource`]: a view per node, and a generation counter
+//! that ticks when any view may have changed (new config, rotated
+//! certificate). Views are built lazily for connected proxies only, and
+//! cached per generation.
+
+use crate::ads::{ConfigSource, ViewError};
+use crate::ca::{CertificateAuthority, WorkloadCert, sds_resources};
+use crate::identity::{Identity, NodeId, Peer, ProxyId};
+use crate::source::ConfigSnapshot;
+use dashmap::DashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tracing::{info, warn};
+use translator::model::build::{Addressing, Input, build_mesh};
+use translator::model::{Mesh, MeshConfig};
+use translator::{ProxyResources, Resource, ResourceMap, ResourceType, Translation};
+
+/// Everything one proxy should hold right now.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyView {
+    pub proxy: ProxyId,
+    /// The identity this proxy acts as; its secrets are for this identity.
+    pub identity: Identity,
+    pub resources: ProxyResources,
+    /// SDS resources `default` and `ROOTCA` for `identity`.
+    pub secrets: Arc<ResourceMap>,
+}
+
+impl ProxyView {
+    pub fn of(&self, kind: ResourceType) -> &Arc<ResourceMap> {
+        match kind {
+            ResourceType::Secret => &self.secrets,
+            other => self.resources.of(other).unwrap_or(&self.secrets),
+        }
+    }
+}
+
+/// What the cache needs to know besides the objects.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub mesh: MeshConfig,
+    pub addressing: Addressing,
+    pub cert_lifetime: Duration,
+}
+
+/// One translated configuration.
+#[derive(Debug)]
+pub struct State {
+    pub snapshot: Arc<ConfigSnapshot>,
+    pub mesh: Mesh,
+    pub translation: Translation,
+    /// When it was translated, and how long that took.
+    pub translated_at: SystemTime,
+    pub translate_time: Duration,
+}
+
+struct Issued {
+    cert: WorkloadCert,
+    issued_at: SystemTime,
+    secrets: Arc<ResourceMap>,
+}
+
+/// Certificate metadata, safe to show (no key).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CertInfo {
+    pub identity: String,
+    pub spiffe_id: String,
+    pub serial: String,
+    pub not_before: String,
+    pub not_after: String,
+}
+
+pub struct Cache {
+    settings: Settings,
+    ca: Arc<CertificateAuthority>,
+    state: RwLock<Option<Arc<State>>>,
+    generation: watch::Sender<u64>,
+    certs: DashMap<Identity, Arc<Issued>>,
+    views: DashMap<ProxyId, (u64, Arc<ProxyView>)>,
+    /// Test hook: extra resources appended to one proxy's view.
+    injected: DashMap<ProxyId, Vec<Arc<Resource>>>,
+    certs_issued: std::sync::atomic::AtomicU64,
+}
+
+impl Cache {
+    pub fn new(settings: Settings, ca: Arc<CertificateAuthority>) -> Cache {
+        Cache {
+            settings,
+            ca,
+            state: RwLock::new(None),
+            generation: watch::channel(0).0,
+            certs: DashMap::new(),
+            views: DashMap::new(),
+            injected: DashMap::new(),
+            certs_issued: Default::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Translate a new snapshot and make it current.
+    pub fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
+        let started = std::time::Instant::now();
+        let inputs: Vec<Input<'_>> = snapshot
+            .objects
+            .iter()
+            .map(|(p, seen)| Input {
+                object: &p.object,
+                first_seen: *seen,
+            })
+            .collect();
+        let mesh = build_mesh(
+            &inputs,
+            self.settings.mesh.clone(),
+            &self.settings.addressing,
+        );
+        let translation = translator::translate(&mesh);
+        for d in &translation.diagnostics {
+            warn!(diagnostic = %d, "policy diagnostic");
+        }
+        let translate_time = started.elapsed();
+        info!(
+            proxies = translation.proxies.len(),
+            workloads = mesh.workloads.len(),
+            services = mesh.services.len(),
+            elapsed_ms = translate_time.as_millis() as u64,
+            "translated config"
+        );
+        let state = Arc::new(State {
+            snapshot,
+            mesh,
+            translation,
+            translated_at: SystemTime::now(),
+            translate_time,
+        });
+        if let Ok(mut guard) = self.state.write() {
+            *guard = Some(state);
+        }
+        self.bump();
+    }
+
+    fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+
+    /// The current state, if a config was loaded.
+    pub fn state(&self) -> Option<Arc<State>> {
+        self.state.read().ok().and_then(|g| g.clone())
+    }
+
+    pub fn certs_issued(&self) -> u64 {
+        self.certs_issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn secrets_for(&self, identity: &Identity) -> Result<Arc<Issued>, ViewError> {
+        if let Some(i) = self.certs.get(identity) {
+            return Ok(i.clone());
+        }
+        let issued = self.issue(identity)?;
+        // Another stream may have issued concurrently: keep the first.
+        Ok(self.certs.entry(identity.clone()).or_insert(issued).clone())
+    }
+
+    fn issue(&self, identity: &Identity) -> Result<Arc<Issued>, ViewError> {
+        let now = SystemTime::now();
+        let cert = self
+            .ca
+            .issue(identity, self.settings.cert_lifetime, now)
+            .map_err(|e| ViewError::CertificateUnavailable(format!("{identity}: {e:#}")))?;
+        self.certs_issued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        info!(%identity, serial = %cert.serial_hex, "issued workload certificate");
+        let secrets = Arc::new(sds_resources(&cert, self.ca.root_pem()));
+        Ok(Arc::new(Issued {
+            cert,
+            issued_at: now,
+            secrets,
+        }))
+    }
+
+    /// Re-issue every certificate that is past half its lifetime (counted
+    /// from when it was issued), and tick the generation if any was.
+    /// Returns the earliest time the next one is due.
+    pub fn rotate(&self, now: SystemTime) -> SystemTime {
+        let half = self.settings.cert_lifetime / 2;
+        let due: Vec<Identity> = self
+            .certs
+            .iter()
+            .filter(|e| e.issued_at + half <= now)
+            .map(|e| e.key().clone())
+            .collect();
+        let mut rotated = 0;
+        for id in due {
+            match self.issue(&id) {
+                Ok(i) => {
+                    self.certs.insert(id, i);
+                    rotated += 1;
+                }
+                Err(e) => warn!(error = %e, "certificate rotation failed; keeping the old one"),
+            }
+        }
+        if rotated > 0 {
+            info!(rotated, "rotated workload certificates");
+            self.bump();
+        }
+        self.certs
+            .iter()
+            .map(|e| e.issued_at + half)
+            .min()
+            .unwrap_or(now + half)
+    }
+
+    /// Certificate metadata for debug output.
+    pub fn cert_info(&self, identity: &Identity) -> Option<CertInfo> {
+        let i = self.certs.get(identity)?;
+        Some(CertInfo {
+            identity: identity.to_string(),
+            spiffe_id: i.cert.spiffe_id.clone(),
+            serial: i.cert.serial_hex.clone(),
+            not_before: fmt_time(i.cert.not_before),
+            not_after: fmt_time(i.cert.not_after),
+        })
+    }
+
+    /// Test hook: add a resource to one proxy's view (e.g. an invalid
+    /// listener, to see Envoy NACK it). Only reachable when the server runs
+    /// with test hooks enabled.
+    pub fn inject(&self, proxy: ProxyId, resource: Resource) {
+        self.injected
+            .entry(proxy)
+            .or_default()
+            .push(Arc::new(resource));
+        self.bump();
+    }
+
+    pub fn clear_injected(&self) {
+        self.injected.clear();
+        self.bump();
+    }
+
+    fn build_view(
+        &self,
+        state: &State,
+        node_id: &str,
+        node: &NodeId,
+        peer: &Peer,
+    ) -> Result<ProxyView, ViewError> {
+        let proxy = node.proxy_id();
+        let plan = state
+            .translation
+            .proxy(&proxy.namespace, &proxy.pod)
+            .ok_or_else(|| ViewError::UnknownWorkload {
+                node_id: node_id.to_string(),
+                namespace: proxy.namespace.clone(),
+                pod: proxy.pod.clone(),
+            })?;
+        let identity = Identity {
+            namespace: plan.namespace.clone(),
+            service_account: plan.service_account.clone(),
+        };
+        if let Peer::Certificate(authenticated) = peer
+            && *authenticated != identity
+        {
+            return Err(ViewError::IdentityMismatch {
+                node_id: node_id.to_string(),
+                claimed: identity.to_string(),
+                authenticated: authenticated.to_string(),
+            });
+        }
+        let issued = self.secrets_for(&identity)?;
+        let mut resources = plan.resources();
+        if let Some(extra) = self.injected.get(&proxy) {
+            for r in extra.iter() {
+                let target = match r.kind {
+                    ResourceType::Cluster => &mut resources.clusters,
+                    ResourceType::Endpoint => &mut resources.endpoints,
+                    ResourceType::Listener => &mut resources.listeners,
+                    ResourceType::Route => &mut resources.routes,
+                    ResourceType::Secret => continue,
+                };
+                Arc::make_mut(target).insert(r.name.clone(), r.clone());
+            }
+        }
+        Ok(ProxyView {
+            proxy,
+            identity,
+            resources,
+            secrets: issued.secrets.clone(),
+        })
+    }
+}
+
+fn fmt_time(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| secs.to_string())
+}
+
+impl ConfigSource for Cache {
+    fn view(&self, node_id: &str, peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
+        let node = NodeId::parse(node_id).map_err(|e| ViewError::BadNodeId(e.to_string()))?;
+        let generation = self.generation();
+        let proxy = node.proxy_id();
+        if let Some(v) = self.views.get(&proxy)
+            && v.0 == generation
+            && matches!(peer, Peer::Unauthenticated)
+        {
+            return Ok(v.1.clone());
+        }
+        let state = self.state().ok_or(ViewError::NotReady)?;
+        let view = Arc::new(self.build_view(&state, node_id, &node, peer)?);
+        self.views.insert(proxy, (generation, view.clone()));
+        Ok(view)
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+}

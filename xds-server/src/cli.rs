@@ -1,0 +1,291 @@
+//! The command line. Every flag can also come from an environment variable
+//! (`XDS_...`, shown in `--help`).
+
+use crate::bootstrap::{BootstrapParams, bootstrap_yaml};
+use crate::cache::Settings;
+use crate::server::{ServerOptions, start};
+use crate::source::files::FileLoader;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+use translator::model::MeshConfig;
+use translator::model::build::{Addressing, Input, build_mesh};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xds-server",
+    version,
+    about = "An Envoy xDS control plane that enforces Istio-compatible mutual TLS between workloads, streaming config and certificates over ADS to stock Envoy sidecars."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve ADS (state of the world and delta), SDS certificates and the debug endpoints.
+    Serve(ServeArgs),
+    /// Print the Envoy bootstrap (YAML) for one workload.
+    Bootstrap(BootstrapArgs),
+    /// Check YAML files or directories, like `kubectl apply --dry-run`; exit 1 on any invalid object.
+    Validate {
+        /// Files or directories (read recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Print the CustomResourceDefinitions (PeerAuthentication, DestinationRule).
+    Crds,
+    /// Run a whole mesh on this machine: the control plane, a stock Envoy per sidecar, an echo app per workload; print the connectivity matrix.
+    Up(crate::runner::mesh::UpArgs),
+}
+
+/// Settings shared by every command that builds the mesh model.
+#[derive(Args, Debug, Clone)]
+pub struct MeshArgs {
+    /// Namespace of mesh-wide policies (Istio's meshConfig.rootNamespace).
+    #[arg(long, env = "XDS_ROOT_NAMESPACE", default_value = "istio-system")]
+    pub root_namespace: String,
+    /// Trust domain of SPIFFE identities.
+    #[arg(long, env = "XDS_TRUST_DOMAIN", default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Port of the outbound HTTP listener on each sidecar's IP.
+    #[arg(long, env = "XDS_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// A /16 that gives pods without status.podIP (e.g. Deployment replicas) a stable address.
+    #[arg(long, env = "XDS_POD_NET", default_value = "127.16.0.0")]
+    pub pod_net: Ipv4Addr,
+}
+
+impl MeshArgs {
+    pub fn mesh_config(&self) -> MeshConfig {
+        MeshConfig {
+            root_namespace: self.root_namespace.clone(),
+            trust_domain: self.trust_domain.clone(),
+            outbound_port: self.outbound_port,
+            ..MeshConfig::default()
+        }
+    }
+
+    pub fn addressing(&self) -> Addressing {
+        Addressing {
+            pod_net: self.pod_net,
+            app_net: None,
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Directory or file of Kubernetes YAML (Namespaces, Services, Deployments, Pods, PeerAuthentications, DestinationRules); may repeat. Watched for changes.
+    #[arg(
+        long = "config-dir",
+        env = "XDS_CONFIG_DIR",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub config_dirs: Vec<PathBuf>,
+    /// Address of the ADS gRPC server.
+    #[arg(long, env = "XDS_ADDR", default_value = "127.0.0.1:15010")]
+    pub xds_addr: SocketAddr,
+    /// Address of the debug and metrics HTTP server.
+    #[arg(long, env = "XDS_DEBUG_ADDR", default_value = "127.0.0.1:15014")]
+    pub debug_addr: SocketAddr,
+    /// Where the CA root is kept across restarts.
+    #[arg(long, env = "XDS_STATE_DIR", default_value = ".xds-state")]
+    pub state_dir: PathBuf,
+    /// Workload certificate lifetime (e.g. 24h, 30m, 10s); re-issued at half of it.
+    #[arg(long, env = "XDS_CERT_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
+    /// Quiet time before a burst of config changes is translated and pushed (e.g. 100ms).
+    #[arg(long, env = "XDS_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
+    pub debounce: Duration,
+    /// Enable POST /debug/test/* fault injection (for tests only).
+    #[arg(long, env = "XDS_TEST_HOOKS", hide = true)]
+    pub enable_test_hooks: bool,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BootstrapArgs {
+    #[arg(long)]
+    pub namespace: String,
+    /// Pod name (for a Deployment's replicas: DEPLOYMENT-0, DEPLOYMENT-1, ...).
+    #[arg(long)]
+    pub pod: String,
+    /// The pod's IP; looked up in --config-dir when left out.
+    #[arg(long)]
+    pub ip: Option<IpAddr>,
+    /// Where the control plane's ADS server listens.
+    #[arg(long, env = "XDS_ADDR")]
+    pub xds_addr: SocketAddr,
+    /// Use delta (incremental) xDS instead of state of the world.
+    #[arg(long)]
+    pub delta: bool,
+    /// Accepted for symmetry with `serve`; the bootstrap references no file from it.
+    #[arg(long, env = "XDS_STATE_DIR", default_value = ".xds-state")]
+    pub state_dir: PathBuf,
+    /// Config to look the pod up in (IP, service account, labels).
+    #[arg(long = "config-dir", env = "XDS_CONFIG_DIR", value_delimiter = ',')]
+    pub config_dirs: Vec<PathBuf>,
+    /// Where files the bootstrap references would go (the bootstrap is self-contained, so none are written).
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Port of Envoy's admin API, bound on the pod IP.
+    #[arg(long, default_value_t = 15000)]
+    pub admin_port: u16,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// `24h`, `30m`, `10s`, `500ms`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 24h, 30m, 10s or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!("{s:?} must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut server = start(ServerOptions {
+        config_paths: args.config_dirs,
+        xds_addr: args.xds_addr,
+        debug_addr: args.debug_addr,
+        state_dir: args.state_dir,
+        settings: Settings {
+            mesh: args.mesh.mesh_config(),
+            addressing: args.mesh.addressing(),
+            cert_lifetime: args.cert_lifetime,
+        },
+        debounce: args.debounce,
+        test_hooks: args.enable_test_hooks,
+    })
+    .await?;
+    tokio::select! {
+        _ = server.wait() => bail!("a server task stopped"),
+        r = tokio::signal::ctrl_c() => {
+            r.context("waiting for Ctrl-C")?;
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
+    let snap = FileLoader::new(args.config_dirs.clone()).load();
+    let inputs: Vec<Input<'_>> = snap
+        .objects
+        .iter()
+        .map(|(p, s)| Input {
+            object: &p.object,
+            first_seen: *s,
+        })
+        .collect();
+    let mesh = build_mesh(&inputs, args.mesh.mesh_config(), &args.mesh.addressing());
+    let found = mesh.workload(&args.namespace, &args.pod).map(|(_, w)| w);
+    let ip = match (args.ip, found) {
+        (Some(ip), _) => ip,
+        (None, Some(w)) => w.ip,
+        (None, None) if args.config_dirs.is_empty() => {
+            bail!("--ip is required without --config-dir")
+        }
+        (None, None) => bail!(
+            "pod {}/{} is not in {}: pass --ip, or check the name (Deployment replicas are DEPLOYMENT-0, DEPLOYMENT-1, ...)",
+            args.namespace,
+            args.pod,
+            args.config_dirs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    if let Some(dir) = &args.out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let empty = Default::default();
+    let sa = found
+        .map(|w| w.service_account.as_str())
+        .unwrap_or("default");
+    bootstrap_yaml(&BootstrapParams {
+        namespace: &args.namespace,
+        pod: &args.pod,
+        ip,
+        service_account: sa,
+        labels: found.map(|w| &w.labels).unwrap_or(&empty),
+        workload_name: found.map(|w| w.display_name()).unwrap_or(&args.pod),
+        xds_addr: args.xds_addr,
+        delta: args.delta,
+        admin: SocketAddr::new(ip, args.admin_port),
+        cluster_domain: "cluster.local",
+    })
+}
+
+/// `validate`: one line per problem, one per loaded object; false when any
+/// object is invalid.
+pub fn validate(paths: Vec<PathBuf>, mesh: &MeshArgs) -> bool {
+    let snap = FileLoader::new(paths).load();
+    for (p, _) in &snap.objects {
+        let meta = p.object.metadata();
+        let ns = meta.and_then(|m| m.namespace.as_deref());
+        let name = meta.and_then(|m| m.name.as_deref()).unwrap_or("");
+        let id = match ns {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name.to_string(),
+        };
+        println!(
+            "loaded   {} {id} ({} document {})",
+            p.object.kind(),
+            p.file,
+            p.index
+        );
+    }
+    for s in &snap.skipped {
+        println!(
+            "skipped  {} {} ({} document {}): not a kind this project reads",
+            s.api_version, s.kind, s.file, s.index
+        );
+    }
+    for e in &snap.errors {
+        println!("invalid  {e}");
+    }
+    let inputs: Vec<Input<'_>> = snap
+        .objects
+        .iter()
+        .map(|(p, s)| Input {
+            object: &p.object,
+            first_seen: *s,
+        })
+        .collect();
+    let built = build_mesh(&inputs, mesh.mesh_config(), &mesh.addressing());
+    for d in translator::translate(&built).diagnostics {
+        println!("{d}");
+    }
+    println!(
+        "{} object(s) loaded from {} file(s), {} invalid",
+        snap.objects.len(),
+        snap.files,
+        snap.errors.len()
+    );
+    snap.errors.is_empty()
+}

@@ -1,0 +1,15 @@
+//! The daemon: config sources -> translator -> per-proxy snapshots -> ADS,
+//! plus the CA that issues workload certificates, the debug HTTP server and
+//! the local mesh runner. `main.rs` only parses the command line.
+#![forbid(unsafe_code)]
+
+pub mod ads;
+pub mod bootstrap;
+pub mod ca;
+pub mod cache;
+pub mod cli;
+pub mod debug;
+pub mod identity;
+pub mod runner;
+pub mod server;
+pub mod source;

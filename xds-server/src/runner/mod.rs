@@ -1,0 +1,15 @@
+//! The local mesh runner: real, stock Envoys on loopback addresses, each in
+//! front of an in-process echo application, probed from outside.
+//!
+//! This is where the control plane meets the data plane it configures, so it
+//! holds the pieces end-to-end tests need: finding and supervising Envoy
+//! processes and reading their admin API ([`envoy`]), the httpbin-like
+//! workload ([`echo`]), and a probe client that classifies exactly how a call
+//! ended ([`probe`]).
+
+mod admin;
+pub mod echo;
+pub mod envoy;
+mod http1;
+pub mod mesh;
+pub mod probe;

@@ -1,0 +1,23 @@
+//! Config sources: where the objects of the mesh come from. Today a local
+//! directory (`files`); the Kubernetes source comes with the Kubernetes
+//! issue and produces the same [`ConfigSnapshot`].
+
+pub mod files;
+
+use crds::{ObjectError, Parsed, Skipped};
+use std::sync::Arc;
+
+/// One consistent view of all objects from a source.
+#[derive(Debug, Default)]
+pub struct ConfigSnapshot {
+    /// Valid objects, with when each was first seen (seconds since epoch).
+    pub objects: Vec<(Parsed, i64)>,
+    /// Invalid objects and unreadable files. Where an earlier version of an
+    /// object was valid, it is still in `objects`.
+    pub errors: Vec<ObjectError>,
+    pub skipped: Vec<Skipped>,
+    /// Files read.
+    pub files: usize,
+}
+
+pub type SharedSnapshot = Arc<ConfigSnapshot>;
