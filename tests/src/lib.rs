@@ -5,6 +5,8 @@
 //! without Envoy they print how to install it and return, under CI they fail,
 //! so a CI image that lost its Envoy cannot turn the suite silently green.
 
+pub mod mesh;
+
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -315,6 +315,18 @@ async fn inject_invalid(State(s): State<DebugState>, Query(q): Query<ProxyQuery>
     let Ok(id) = NodeId::parse(&node) else {
         return error(StatusCode::BAD_REQUEST, format!("not a node id: {node}"));
     };
+    s.cache.inject(id.proxy_id(), invalid_listener());
+    (StatusCode::OK, "injected\n").into_response()
+}
+
+async fn clear_injected(State(s): State<DebugState>) -> Response {
+    s.cache.clear_injected();
+    (StatusCode::OK, "cleared\n").into_response()
+}
+
+/// A listener Envoy rejects (its address is not an IP): the resource the
+/// NACK test hook injects.
+pub fn invalid_listener() -> translator::Resource {
     use envoy_types::pb::envoy::config::core::v3::{
         Address, SocketAddress, address, socket_address,
     };
@@ -330,14 +342,5 @@ async fn inject_invalid(State(s): State<DebugState>, Query(q): Query<ProxyQuery>
         }),
         ..Default::default()
     };
-    s.cache.inject(
-        id.proxy_id(),
-        translator::Resource::new("test-invalid", ResourceType::Listener, &bad),
-    );
-    (StatusCode::OK, "injected\n").into_response()
-}
-
-async fn clear_injected(State(s): State<DebugState>) -> Response {
-    s.cache.clear_injected();
-    (StatusCode::OK, "cleared\n").into_response()
+    translator::Resource::new("test-invalid", ResourceType::Listener, &bad)
 }

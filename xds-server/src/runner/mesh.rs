@@ -74,6 +74,8 @@ pub struct MeshOptions {
     pub mesh: translator::model::MeshConfig,
     pub cert_lifetime: Duration,
     pub test_hooks: bool,
+    /// The Envoy binary; found like `find_envoy` when `None`.
+    pub envoy_bin: Option<PathBuf>,
 }
 
 /// A running workload of the local mesh.
@@ -152,8 +154,13 @@ fn selects(sel: &Option<Labels>, labels: &Labels) -> bool {
 
 impl LocalMesh {
     pub async fn start(opts: MeshOptions) -> anyhow::Result<LocalMesh> {
-        let cwd = std::env::current_dir().ok();
-        let envoy_bin = find_envoy(cwd.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let envoy_bin = match &opts.envoy_bin {
+            Some(b) => b.clone(),
+            None => {
+                let cwd = std::env::current_dir().ok();
+                find_envoy(cwd.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?
+            }
+        };
         let (pod_net, app_net, claim) = claim_nets()?;
         std::fs::create_dir_all(&opts.work_dir)
             .with_context(|| format!("creating {}", opts.work_dir.display()))?;
@@ -567,6 +574,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         mesh: args.mesh.mesh_config(),
         cert_lifetime: crate::ca::DEFAULT_CERT_LIFETIME,
         test_hooks: false,
+        envoy_bin: None,
     })
     .await?;
     eprintln!(

@@ -89,7 +89,7 @@ fn cluster(name: &str) -> String {
     format!("outbound|80||{name}.foo.svc.cluster.local")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn delta_sends_only_changed_and_removed() {
     within(async {
         let (source, server) = setup();
@@ -155,7 +155,7 @@ async fn delta_sends_only_changed_and_removed() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn delta_unsubscribe_stops_updates() {
     within(async {
         let (source, server) = setup();
@@ -217,7 +217,7 @@ async fn delta_unsubscribe_stops_updates() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn delta_initial_versions_skip_unchanged() {
     within(async {
         let (_source, server) = setup();
@@ -244,7 +244,7 @@ async fn delta_initial_versions_skip_unchanged() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn delta_nack_is_recorded_and_not_resent() {
     within(async {
         let (source, server) = setup();

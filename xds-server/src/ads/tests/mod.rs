@@ -268,7 +268,7 @@ pub(super) fn base_with(
     all.into_values().collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn peer_resolver_supplies_the_peer_to_the_source() {
     within(async {
         let source = FakeSource::new();
@@ -306,7 +306,7 @@ async fn peer_resolver_supplies_the_peer_to_the_source() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn registry_removes_connection_on_disconnect() {
     within(async {
         let (_source, server) = setup();

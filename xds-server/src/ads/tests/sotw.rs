@@ -134,7 +134,7 @@ async fn clusters(stream: &mut Stream) -> DiscoveryResponse {
     response
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn sotw_sends_clusters_then_listeners_on_wildcard_subscription() {
     within(async {
         let (_source, server) = setup();
@@ -166,7 +166,7 @@ async fn sotw_sends_clusters_then_listeners_on_wildcard_subscription() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn ack_records_acked_version() {
     within(async {
         let (_source, server) = setup();
@@ -194,7 +194,7 @@ async fn ack_records_acked_version() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn nack_is_recorded_and_same_version_not_resent() {
     within(async {
         let (source, server) = setup();
@@ -232,7 +232,7 @@ async fn nack_is_recorded_and_same_version_not_resent() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn new_version_after_nack_is_pushed() {
     within(async {
         let (source, server) = setup();
@@ -270,7 +270,7 @@ async fn new_version_after_nack_is_pushed() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn stale_nonce_is_ignored() {
     within(async {
         let (source, server) = setup();
@@ -310,7 +310,7 @@ async fn stale_nonce_is_ignored() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn eds_names_change_gets_response() {
     within(async {
         let (_source, server) = setup();
@@ -344,7 +344,7 @@ async fn eds_names_change_gets_response() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn unknown_type_url_does_not_break_stream() {
     within(async {
         let (_source, server) = setup();
@@ -359,7 +359,7 @@ async fn unknown_type_url_does_not_break_stream() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn unknown_node_ends_stream_with_not_found() {
     within(async {
         let (_source, server) = setup();
@@ -397,7 +397,7 @@ async fn unknown_node_ends_stream_with_not_found() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn reconnect_with_stale_version_gets_current_state() {
     within(async {
         let (_source, server) = setup();
@@ -433,7 +433,7 @@ async fn reconnect_with_stale_version_gets_current_state() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn change_pushes_only_changed_types() {
     within(async {
         let (source, server) = setup();
