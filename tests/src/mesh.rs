@@ -14,7 +14,13 @@ pub fn options(test: &str, paths: &[PathBuf], work_dir: PathBuf) -> Option<MeshO
     Some(MeshOptions {
         paths: paths
             .iter()
-            .map(|p| if p.is_absolute() { p.clone() } else { workspace_root().join(p) })
+            .map(|p| {
+                if p.is_absolute() {
+                    p.clone()
+                } else {
+                    workspace_root().join(p)
+                }
+            })
             .collect(),
         work_dir,
         delta: false,
@@ -53,7 +59,10 @@ pub fn assert_matrix(rows: &[ProbeRow], expected: [[&str; 3]; 3]) {
                 .map(ProbeRow::cell)
                 .unwrap_or_else(|| "missing".into());
             if got != expected[i][j] {
-                failures.push(format!("{f} -> {t}: got {got:?}, want {:?}", expected[i][j]));
+                failures.push(format!(
+                    "{f} -> {t}: got {got:?}, want {:?}",
+                    expected[i][j]
+                ));
             }
         }
     }

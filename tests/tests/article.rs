@@ -53,13 +53,26 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_restarting_envoy() {
     let scratch = ScratchDir::new("live-change").expect("scratch dir");
     let config = scratch.path().join("config");
-    copy_dir(&e2e::workspace_root().join("examples/article/base"), &config);
-    let Some(opts) = options("live-change", &[config.clone()], scratch.path().join("work")) else {
+    copy_dir(
+        &e2e::workspace_root().join("examples/article/base"),
+        &config,
+    );
+    let Some(opts) = options(
+        "live-change",
+        std::slice::from_ref(&config),
+        scratch.path().join("work"),
+    ) else {
         return;
     };
     let mut mesh = start(opts).await;
     assert_matrix(&article_matrix(&mesh).await, STAGE0);
-    let conns_before: Vec<u64> = mesh.server.registry.snapshot().iter().map(|c| c.id).collect();
+    let conns_before: Vec<u64> = mesh
+        .server
+        .registry
+        .snapshot()
+        .iter()
+        .map(|c| c.id)
+        .collect();
     let uptimes_before = mesh.envoy_uptimes().await;
     assert_eq!(uptimes_before.len(), 4, "four sidecars report uptime");
 
@@ -82,22 +95,35 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
     )
     .expect("add policy");
     wait_for_new_config(&mesh, g).await;
-    mesh.converge(e2e::mesh::CONVERGE).await.expect("converges after adding");
+    mesh.converge(e2e::mesh::CONVERGE)
+        .await
+        .expect("converges after adding");
     assert_matrix(&article_matrix(&mesh).await, STAGE1);
 
     let g = mesh.server.cache.generation();
     std::fs::remove_file(&policy).expect("delete policy");
     wait_for_new_config(&mesh, g).await;
-    mesh.converge(e2e::mesh::CONVERGE).await.expect("converges after deleting");
+    mesh.converge(e2e::mesh::CONVERGE)
+        .await
+        .expect("converges after deleting");
     assert_matrix(&article_matrix(&mesh).await, STAGE0);
 
     // Same Envoys: same xDS connections, uptimes only grew.
-    let conns_after: Vec<u64> = mesh.server.registry.snapshot().iter().map(|c| c.id).collect();
+    let conns_after: Vec<u64> = mesh
+        .server
+        .registry
+        .snapshot()
+        .iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(conns_before, conns_after, "no sidecar reconnected");
     let uptimes_after = mesh.envoy_uptimes().await;
     for (proxy, before) in &uptimes_before {
         let after = uptimes_after.get(proxy).copied().unwrap_or(0);
-        assert!(after >= *before, "{proxy}: uptime went from {before}s to {after}s: Envoy restarted");
+        assert!(
+            after >= *before,
+            "{proxy}: uptime went from {before}s to {after}s: Envoy restarted"
+        );
     }
     mesh.stop().await;
 }
