@@ -429,3 +429,95 @@ pub fn mesh_from_yaml(
         .collect();
     Ok(build_mesh(&inputs, config, addressing))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(pairs: &[(&str, &str)]) -> Labels {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn injection_follows_the_istio_injector() {
+        let enabled = l(&[("istio-injection", "enabled")]);
+        let disabled = l(&[("istio-injection", "disabled")]);
+        let none = Labels::new();
+        let inject_true = l(&[("sidecar.istio.io/inject", "true")]);
+        let inject_false = l(&[("sidecar.istio.io/inject", "false")]);
+        let tls_mode = l(&[("security.istio.io/tlsMode", "istio")]);
+        // (namespace, pod labels, pod annotations, expected)
+        let table = [
+            (&enabled, &none, &none, true),
+            (&none, &none, &none, false),
+            (&enabled, &inject_false, &none, false),
+            (&enabled, &none, &inject_false, false),
+            (&none, &inject_true, &none, true),
+            (&none, &none, &inject_true, true),
+            (&none, &tls_mode, &none, true),
+            (&disabled, &inject_true, &none, false),
+            (&l(&[("istio.io/rev", "canary")]), &none, &none, true),
+        ];
+        for (i, (ns, labels, ann, want)) in table.iter().enumerate() {
+            assert_eq!(has_sidecar(ns, labels, ann), *want, "row {i}");
+        }
+    }
+
+    #[test]
+    fn replicas_get_stable_addresses_in_the_pod_net_and_app_net() {
+        let yaml = "
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: x}]}
+";
+        let addressing = Addressing {
+            pod_net: Ipv4Addr::new(127, 40, 0, 0),
+            app_net: Some(Ipv4Addr::new(127, 41, 0, 0)),
+        };
+        let docs = [("a.yaml".to_string(), yaml.to_string())];
+        let mesh = mesh_from_yaml(&docs, MeshConfig::default(), &addressing).expect("valid");
+        let ips: Vec<IpAddr> = mesh.workloads.iter().map(|w| w.ip).collect();
+        assert_eq!(mesh.workloads.len(), 3);
+        let unique: BTreeSet<IpAddr> = ips.iter().copied().collect();
+        assert_eq!(unique.len(), 3, "{ips:?}");
+        for w in &mesh.workloads {
+            let (IpAddr::V4(ip), Some(IpAddr::V4(app))) = (w.ip, w.app_ip) else {
+                panic!("IPv4 addresses expected: {w:?}");
+            };
+            assert_eq!(ip.octets()[..2], [127, 40]);
+            assert_eq!(app.octets()[..2], [127, 41]);
+            assert_eq!(ip.octets()[2..], app.octets()[2..]);
+        }
+        let again = mesh_from_yaml(&docs, MeshConfig::default(), &addressing).expect("valid");
+        assert_eq!(ips, again.workloads.iter().map(|w| w.ip).collect::<Vec<_>>());
+        assert_eq!(mesh.workloads[0].name, "web-0");
+        assert_eq!(mesh.workloads[0].owner.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn objects_without_namespace_land_in_default_and_policies_keep_their_age() {
+        let yaml = "
+apiVersion: v1
+kind: Pod
+metadata: {name: p, labels: {app: p}}
+status: {podIP: 10.0.0.9}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: old, creationTimestamp: '2020-01-01T00:00:00Z'}
+spec: {mtls: {mode: STRICT}}
+";
+        let docs = [("a.yaml".to_string(), yaml.to_string())];
+        let mesh = mesh_from_yaml(&docs, MeshConfig::default(), &Addressing::default()).expect("valid");
+        let (_, p) = mesh.workload("default", "p").expect("pod in default");
+        assert_eq!(p.ip.to_string(), "10.0.0.9");
+        assert_eq!(mesh.peer_authentications[0].meta.namespace, "default");
+        assert_eq!(mesh.peer_authentications[0].meta.created, 1_577_836_800);
+    }
+}
