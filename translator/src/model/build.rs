@@ -435,7 +435,10 @@ mod tests {
     use super::*;
 
     fn l(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -495,7 +498,10 @@ spec:
             assert_eq!(ip.octets()[2..], app.octets()[2..]);
         }
         let again = mesh_from_yaml(&docs, MeshConfig::default(), &addressing).expect("valid");
-        assert_eq!(ips, again.workloads.iter().map(|w| w.ip).collect::<Vec<_>>());
+        assert_eq!(
+            ips,
+            again.workloads.iter().map(|w| w.ip).collect::<Vec<_>>()
+        );
         assert_eq!(mesh.workloads[0].name, "web-0");
         assert_eq!(mesh.workloads[0].owner.as_deref(), Some("web"));
     }
@@ -514,7 +520,8 @@ metadata: {name: old, creationTimestamp: '2020-01-01T00:00:00Z'}
 spec: {mtls: {mode: STRICT}}
 ";
         let docs = [("a.yaml".to_string(), yaml.to_string())];
-        let mesh = mesh_from_yaml(&docs, MeshConfig::default(), &Addressing::default()).expect("valid");
+        let mesh =
+            mesh_from_yaml(&docs, MeshConfig::default(), &Addressing::default()).expect("valid");
         let (_, p) = mesh.workload("default", "p").expect("pod in default");
         assert_eq!(p.ip.to_string(), "10.0.0.9");
         assert_eq!(mesh.peer_authentications[0].meta.namespace, "default");

@@ -12,6 +12,7 @@
 use super::echo::EchoServer;
 use super::envoy::{Admin, EnvoyProcess, EnvoySpec, find_envoy};
 use super::probe::{Outcome, probe, xfcc_uri};
+use super::selector::Selector;
 use crate::ads::ConfigSource;
 use crate::bootstrap::{BootstrapParams, bootstrap_yaml};
 use crate::cache::Settings;
@@ -45,10 +46,10 @@ pub struct UpArgs {
     /// How long to wait for the mesh to converge.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// Label selector on client workloads (kubectl syntax, e.g. app=sleep).
+    /// Label selector on client workloads, kubectl syntax (app=sleep, app in (a,b), !canary).
     #[arg(long)]
     pub from: Option<String>,
-    /// Label selector on services (e.g. app=httpbin).
+    /// Label selector on services, kubectl syntax (e.g. app=httpbin).
     #[arg(long)]
     pub to: Option<String>,
     /// Sidecars use delta xDS instead of state of the world.
@@ -133,23 +134,12 @@ fn claim_nets() -> anyhow::Result<(Ipv4Addr, Ipv4Addr, StdListener)> {
     bail!("no free loopback range for a local mesh (127.20.0.0 to 127.219.0.0 all claimed)")
 }
 
-fn parse_selector(s: &str) -> anyhow::Result<Labels> {
-    let mut out = Labels::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            bail!("selector {s:?}: expected key=value[,key=value] (equality only)");
-        };
-        out.insert(
-            k.trim().trim_end_matches('=').to_string(),
-            v.trim().to_string(),
-        );
-    }
-    Ok(out)
+fn parse_selector(s: &str) -> anyhow::Result<Selector> {
+    Selector::parse(s).map_err(|e| anyhow::anyhow!(e))
 }
 
-fn selects(sel: &Option<Labels>, labels: &Labels) -> bool {
-    sel.as_ref()
-        .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+fn selects(sel: &Option<Selector>, labels: &Labels) -> bool {
+    sel.as_ref().is_none_or(|s| s.matches(labels))
 }
 
 impl LocalMesh {
@@ -453,6 +443,14 @@ impl LocalMesh {
             .and_then(|r| r.envoy.as_ref().map(|(_, a)| a))
     }
 
+    /// Process ids of the running Envoys.
+    pub fn envoy_pids(&self) -> Vec<u32> {
+        self.running
+            .values()
+            .filter_map(|r| r.envoy.as_ref().and_then(|(p, _)| p.pid()))
+            .collect()
+    }
+
     pub fn sidecar_count(&self) -> usize {
         self.running.values().filter(|r| r.envoy.is_some()).count()
     }
@@ -561,12 +559,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => std::env::temp_dir().join(format!("xds-up-{}", std::process::id())),
     };
     let cleanup = args.work_dir.is_none();
+    // Listen for SIGINT and SIGTERM before anything is started, so every
+    // Envoy is stopped however the runner is asked to end.
+    let mut signals = Signals::new()?;
     eprintln!(
         "starting the control plane and sidecars (work dir {})",
         work_dir.display()
     );
     let started = Instant::now();
-    let mut mesh = LocalMesh::start(MeshOptions {
+    let opts = MeshOptions {
         paths: args.paths.clone(),
         work_dir: work_dir.clone(),
         delta: args.delta,
@@ -575,18 +576,50 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         cert_lifetime: crate::ca::DEFAULT_CERT_LIFETIME,
         test_hooks: false,
         envoy_bin: None,
-    })
-    .await?;
+    };
+    let mut mesh = tokio::select! {
+        m = LocalMesh::start(opts) => m?,
+        _ = signals.recv() => bail!("interrupted while starting"),
+    };
     eprintln!(
         "{} sidecar(s) started; waiting for every Envoy to acknowledge its config",
         mesh.sidecar_count()
     );
-    let result = run_up(&mut mesh, &args, started).await;
+    let result = tokio::select! {
+        r = run_up(&mut mesh, &args, started) => r,
+        _ = signals.recv() => {
+            eprintln!("stopping");
+            Ok(ExitCode::SUCCESS)
+        }
+    };
     mesh.stop().await;
     if cleanup {
         let _ = std::fs::remove_dir_all(&work_dir);
     }
     result
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
 }
 
 async fn run_up(mesh: &mut LocalMesh, args: &UpArgs, started: Instant) -> anyhow::Result<ExitCode> {
@@ -616,11 +649,6 @@ async fn run_up(mesh: &mut LocalMesh, args: &UpArgs, started: Instant) -> anyhow
     let mut changes = mesh.server.cache.changes();
     loop {
         tokio::select! {
-            r = tokio::signal::ctrl_c() => {
-                r.context("waiting for Ctrl-C")?;
-                eprintln!("stopping");
-                return Ok(ExitCode::SUCCESS);
-            }
             changed = changes.changed() => {
                 if changed.is_err() {
                     bail!("the control plane stopped");

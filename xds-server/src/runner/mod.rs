@@ -13,3 +13,4 @@ pub mod envoy;
 mod http1;
 pub mod mesh;
 pub mod probe;
+pub mod selector;

@@ -1,0 +1,130 @@
+//! `xds-server up` as a user runs it: the article's stages as JSON, and no
+//! Envoy left behind when the runner is told to stop. Needs Envoy: under CI
+//! a missing Envoy fails these tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn envoy() -> Option<PathBuf> {
+    match xds_server::runner::envoy::find_envoy(Some(&root())) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+            assert!(!ci, "CI is set and {e}");
+            eprintln!("note: skipping: {e}");
+            None
+        }
+    }
+}
+
+fn up(envoy: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_xds-server"));
+    c.current_dir(root())
+        .env("ENVOY_BIN", envoy)
+        .env("RUST_LOG", "warn")
+        .arg("up");
+    c
+}
+
+#[test]
+fn up_once_json_gives_the_article_outcomes_for_stage_3() {
+    let Some(envoy) = envoy() else { return };
+    let out = up(&envoy)
+        .args([
+            "examples/article/base",
+            "examples/article/workload-strict",
+            "--once",
+            "--json",
+        ])
+        .args(["--from", "app=sleep", "--to", "app in (httpbin)"])
+        .output()
+        .expect("run up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 9, "{v}");
+    for r in results {
+        let from = r["from"].as_str().unwrap_or_default();
+        let to = r["to"].as_str().unwrap_or_default();
+        let (outcome, mtls) = match (from, to) {
+            ("sleep.legacy", "httpbin.bar:8000") => ("reset", false),
+            ("sleep.legacy", _) | (_, "httpbin.legacy:8000") => ("200", false),
+            _ => ("200", true),
+        };
+        assert_eq!(r["outcome"], outcome, "{from} -> {to}: {r}");
+        assert_eq!(r["mtls"], mtls, "{from} -> {to}: {r}");
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmd).contains(needle)
+        {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_stops_every_envoy_the_runner_started() {
+    let Some(envoy) = envoy() else { return };
+    let work = std::env::temp_dir().join(format!("xds-up-sigterm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let mut child = up(&envoy)
+        .args([
+            "examples/article/base",
+            "--from",
+            "app=sleep",
+            "--to",
+            "app=httpbin",
+            "--work-dir",
+        ])
+        .arg(&work)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start up");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut converged = false;
+    // Bounded: each line read is followed by a deadline check, and the
+    // runner ends its stderr when it exits.
+    while Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("watching") => {
+                converged = true;
+                break;
+            }
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let needle = work.display().to_string();
+    let envoys = processes_mentioning(&format!("{needle}/envoy/"));
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().expect("wait");
+    assert!(converged, "the runner did not converge");
+    assert_eq!(envoys.len(), 4, "four Envoys were running: {envoys:?}");
+    assert!(status.success(), "runner exit: {status:?}");
+    let left = processes_mentioning(&format!("{needle}/envoy/"));
+    assert!(left.is_empty(), "Envoys left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&work);
+}
