@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use translator::model::MeshConfig;
-use translator::model::build::{Addressing, Input, build_mesh};
+use translator::model::build::Addressing;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -193,15 +193,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
     let snap = FileLoader::new(args.config_dirs.clone()).load();
-    let inputs: Vec<Input<'_>> = snap
-        .objects
-        .iter()
-        .map(|(p, s)| Input {
-            object: &p.object,
-            first_seen: *s,
-        })
-        .collect();
-    let mesh = build_mesh(&inputs, args.mesh.mesh_config(), &args.mesh.addressing());
+    let mesh = snap.build_mesh(args.mesh.mesh_config(), &args.mesh.addressing());
     let found = mesh.workload(&args.namespace, &args.pod).map(|(_, w)| w);
     let ip = match (args.ip, found) {
         (Some(ip), _) => ip,
@@ -269,15 +261,7 @@ pub fn validate(paths: Vec<PathBuf>, mesh: &MeshArgs) -> bool {
     for e in &snap.errors {
         println!("invalid  {e}");
     }
-    let inputs: Vec<Input<'_>> = snap
-        .objects
-        .iter()
-        .map(|(p, s)| Input {
-            object: &p.object,
-            first_seen: *s,
-        })
-        .collect();
-    let built = build_mesh(&inputs, mesh.mesh_config(), &mesh.addressing());
+    let built = snap.build_mesh(mesh.mesh_config(), &mesh.addressing());
     for d in translator::translate(&built).diagnostics {
         println!("{d}");
     }

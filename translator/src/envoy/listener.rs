@@ -1,16 +1,13 @@
 //! Listeners: one inbound listener per served target port, bound on the
 //! workload IP, and one outbound HTTP listener the client calls explicitly.
 
-use super::{ads_config_source, any, names, seconds, socket_address, tls};
+use super::{ads_config_source, any, names, socket_address, tls};
 use crate::model::Protocol;
 use crate::resolve::ServerMode;
 use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter, listener_filter,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match,
-};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -60,21 +57,7 @@ fn inbound_hcm(target_port: u16) -> HttpConnectionManager {
                 virtual_hosts: vec![VirtualHost {
                     name: format!("inbound|http|{target_port}"),
                     domains: vec!["*".into()],
-                    routes: vec![Route {
-                        name: "default".into(),
-                        r#match: Some(RouteMatch {
-                            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-                            ..Default::default()
-                        }),
-                        action: Some(route::Action::Route(RouteAction {
-                            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                                cluster,
-                            )),
-                            timeout: Some(seconds(0)),
-                            ..Default::default()
-                        })),
-                        ..Default::default()
-                    }],
+                    routes: vec![super::route_to(cluster)],
                     ..Default::default()
                 }],
                 validate_clusters: Some(BoolValue { value: false }),

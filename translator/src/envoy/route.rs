@@ -3,10 +3,7 @@
 
 use super::names;
 use crate::model::{Mesh, Service};
-use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match,
-};
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 
 /// Domains for `service:port` as a client in `client_ns` may write them:
 /// the bare service name only from its own namespace (DNS search path),
@@ -50,22 +47,7 @@ pub fn outbound_routes(mesh: &Mesh, name: String, client_ns: &str) -> RouteConfi
             virtual_hosts.push(VirtualHost {
                 name: names::virtual_host(&fqdn, p.port),
                 domains: domains(mesh, service, p.port, client_ns),
-                routes: vec![Route {
-                    name: "default".into(),
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            names::outbound_cluster(p.port, &fqdn),
-                        )),
-                        // No route timeout, as istiod: the app decides.
-                        timeout: Some(super::seconds(0)),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                routes: vec![super::route_to(names::outbound_cluster(p.port, &fqdn))],
                 ..Default::default()
             });
         }

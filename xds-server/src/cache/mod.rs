@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tracing::{info, warn};
-use translator::model::build::{Addressing, Input, build_mesh};
+use translator::model::build::Addressing;
 use translator::model::{Mesh, MeshConfig};
 use translator::{ProxyResources, Resource, ResourceMap, ResourceType, Translation};
 
@@ -108,19 +108,7 @@ impl Cache {
     /// Translate a new snapshot and make it current.
     pub fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
         let started = std::time::Instant::now();
-        let inputs: Vec<Input<'_>> = snapshot
-            .objects
-            .iter()
-            .map(|(p, seen)| Input {
-                object: &p.object,
-                first_seen: *seen,
-            })
-            .collect();
-        let mesh = build_mesh(
-            &inputs,
-            self.settings.mesh.clone(),
-            &self.settings.addressing,
-        );
+        let mesh = snapshot.build_mesh(self.settings.mesh.clone(), &self.settings.addressing);
         let translation = translator::translate(&mesh);
         for d in &translation.diagnostics {
             warn!(diagnostic = %d, "policy diagnostic");
@@ -147,6 +135,9 @@ impl Cache {
     }
 
     fn bump(&self) {
+        // Views are per generation: drop the old ones so proxies that left
+        // the mesh do not keep theirs alive.
+        self.views.clear();
         self.generation.send_modify(|g| *g += 1);
     }
 

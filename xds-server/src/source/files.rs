@@ -28,6 +28,20 @@ fn key_of(p: &Parsed) -> Option<Key> {
     ))
 }
 
+/// An error about a whole file or directory (no object inside it).
+fn file_error(file: String, reason: String) -> ObjectError {
+    ObjectError {
+        file,
+        index: 0,
+        item: None,
+        kind: None,
+        namespace: None,
+        name: None,
+        field: None,
+        reason,
+    }
+}
+
 fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -78,16 +92,7 @@ impl FileLoader {
                 Ok(text) => parse_documents(&text, &name),
                 Err(e) => (
                     Vec::new(),
-                    vec![ObjectError {
-                        file: name.clone(),
-                        index: 0,
-                        item: None,
-                        kind: None,
-                        namespace: None,
-                        name: None,
-                        field: None,
-                        reason: format!("cannot read file: {e}"),
-                    }],
+                    vec![file_error(name.clone(), format!("cannot read file: {e}"))],
                 ),
             };
             let mut valid: Vec<Parsed> = Vec::new();
@@ -133,16 +138,7 @@ fn is_config_file(p: &Path) -> bool {
 
 /// Files below `path` (or `path` itself), skipping hidden entries.
 fn collect_files(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ObjectError>) {
-    let unreadable = |reason: String| ObjectError {
-        file: path.display().to_string(),
-        index: 0,
-        item: None,
-        kind: None,
-        namespace: None,
-        name: None,
-        field: None,
-        reason,
-    };
+    let unreadable = |reason: String| file_error(path.display().to_string(), reason);
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) => {

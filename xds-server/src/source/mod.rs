@@ -21,3 +21,22 @@ pub struct ConfigSnapshot {
 }
 
 pub type SharedSnapshot = Arc<ConfigSnapshot>;
+
+impl ConfigSnapshot {
+    /// The mesh model of these objects.
+    pub fn build_mesh(
+        &self,
+        config: translator::model::MeshConfig,
+        addressing: &translator::model::build::Addressing,
+    ) -> translator::model::Mesh {
+        let inputs: Vec<translator::model::build::Input<'_>> = self
+            .objects
+            .iter()
+            .map(|(p, seen)| translator::model::build::Input {
+                object: &p.object,
+                first_seen: *seen,
+            })
+            .collect();
+        translator::model::build::build_mesh(&inputs, config, addressing)
+    }
+}
