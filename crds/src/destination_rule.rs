@@ -109,6 +109,11 @@ pub struct TrafficPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "preserve_unknown_object")]
     pub proxy_protocol: Option<serde_json::Value>,
+
+    /// Retry budget (newer Istio releases), not interpreted here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserve_unknown_object")]
+    pub retry_budget: Option<serde_json::Value>,
 }
 
 /// Istio's `TrafficPolicy.PortTrafficPolicy`: the policy for one service port.
