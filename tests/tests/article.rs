@@ -127,3 +127,58 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
     }
     mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rule_disable_towards_strict_server_fails_with_503_and_a_reason() {
+    let scratch = ScratchDir::new("dr-conflict").expect("scratch dir");
+    let config = scratch.path().join("config");
+    copy_dir(
+        &e2e::workspace_root().join("examples/article/base"),
+        &config,
+    );
+    std::fs::write(
+        config.join("conflict.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: foo}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: bad-rule, namespace: foo}
+spec:
+  host: httpbin.foo.svc.cluster.local
+  trafficPolicy: {tls: {mode: DISABLE}}
+",
+    )
+    .expect("write policy");
+    let Some(opts) = options(
+        "dr-conflict",
+        std::slice::from_ref(&config),
+        scratch.path().join("work"),
+    ) else {
+        return;
+    };
+    let mesh = start(opts).await;
+    let rows = article_matrix(&mesh).await;
+    mesh.stop().await;
+    let cell = |from: &str, to: &str| {
+        rows.iter()
+            .find(|r| r.from == from && r.to == to)
+            .cloned()
+            .expect("probed")
+    };
+    // The client sidecar sends plaintext to a TLS-only port: Envoy's 503.
+    let bad = cell("sleep.foo", "httpbin.foo:8000");
+    assert_eq!(bad.cell(), "503", "{bad:?}");
+    let reason = bad.reason.unwrap_or_default();
+    assert!(
+        reason.contains("DestinationRule foo/bad-rule") && reason.contains("accepts only mTLS"),
+        "{reason}"
+    );
+    // The rule lives in the service's namespace, so clients in bar find it
+    // too (client namespace, then service namespace, then root).
+    assert_eq!(cell("sleep.bar", "httpbin.foo:8000").cell(), "503");
+    assert_eq!(cell("sleep.foo", "httpbin.bar:8000").cell(), "200 mTLS");
+    assert_eq!(cell("sleep.legacy", "httpbin.foo:8000").cell(), "reset");
+}

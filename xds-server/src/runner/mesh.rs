@@ -94,6 +94,9 @@ pub struct ProbeRow {
     pub to: String,
     pub outcome: String,
     pub mtls: bool,
+    /// Why the call failed, when the decisions can tell (text output only).
+    #[serde(skip)]
+    pub reason: Option<String>,
 }
 
 impl ProbeRow {
@@ -391,18 +394,20 @@ impl LocalMesh {
                             })
                     };
                     let spiffe = mesh.spiffe_id(&w.namespace, &w.service_account);
-                    jobs.push((from_name.clone(), host, target, spiffe));
+                    let reason = super::explain::explain(mesh, &state.translation, w, s, p);
+                    jobs.push((from_name.clone(), host, target, spiffe, reason));
                 }
             }
         }
         let results = futures::future::join_all(jobs.into_iter().map(
-            |(from, to, target, spiffe)| async move {
+            |(from, to, target, spiffe, reason)| async move {
                 let Some(addr) = target else {
                     return ProbeRow {
                         from,
                         to,
                         outcome: "no endpoints".into(),
                         mtls: false,
+                        reason: Some("the service selects no workload".into()),
                     };
                 };
                 let r = probe(addr, &to, "/headers", Duration::from_secs(5)).await;
@@ -411,11 +416,13 @@ impl LocalMesh {
                     Outcome::Status(c) => c.to_string(),
                     other => other.to_string(),
                 };
+                let ok = matches!(r.outcome, Outcome::Status(c) if (200..300).contains(&c));
                 ProbeRow {
                     from,
                     to,
                     outcome,
                     mtls,
+                    reason: if ok { None } else { reason },
                 }
             },
         ))
@@ -549,6 +556,11 @@ fn print_results(rows: &[ProbeRow], json: bool) {
         println!("{}", serde_json::json!({ "results": rows }));
     } else {
         println!("{}", render_matrix(rows));
+        for r in rows {
+            if let Some(why) = &r.reason {
+                println!("  {} -> {}: {}: {why}", r.from, r.to, r.cell());
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 mod admin;
 pub mod echo;
 pub mod envoy;
+pub mod explain;
 mod http1;
 pub mod mesh;
 pub mod probe;
