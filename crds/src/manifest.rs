@@ -26,7 +26,7 @@ pub enum Object {
     /// A service account: the workload identity in SPIFFE IDs.
     ServiceAccount(ServiceAccount),
     /// A service: ports, target ports and selector.
-    Service(Service),
+    Service(Box<Service>),
     /// A deployment (apps/v1): its pod template describes workloads. Boxed, as are
     /// pods: each is over 2 KB and would bloat every variant.
     Deployment(Box<Deployment>),
@@ -35,7 +35,7 @@ pub enum Object {
     /// A PeerAuthentication (security.istio.io/v1 or v1beta1), already validated.
     PeerAuthentication(PeerAuthentication),
     /// A DestinationRule (networking.istio.io/v1, v1beta1 or v1alpha3), already validated.
-    DestinationRule(DestinationRule),
+    DestinationRule(Box<DestinationRule>),
     /// A kind this project does not read; the caller warns once per kind.
     Skipped(Skipped),
 }
@@ -540,7 +540,7 @@ impl Output<'_> {
         let object = match kind {
             Kind::Namespace => self.typed(ctx, json).map(Object::Namespace),
             Kind::ServiceAccount => self.typed(ctx, json).map(Object::ServiceAccount),
-            Kind::Service => self.typed(ctx, json).map(Object::Service),
+            Kind::Service => self.typed(ctx, json).map(|s| Object::Service(Box::new(s))),
             Kind::Deployment => self
                 .typed(ctx, json)
                 .map(|d| Object::Deployment(Box::new(d))),
@@ -551,7 +551,7 @@ impl Output<'_> {
             }),
             Kind::DestinationRule => self.typed(ctx, json).map(|dr: DestinationRule| {
                 self.field_errors(ctx, validate::destination_rule(&dr));
-                Object::DestinationRule(dr)
+                Object::DestinationRule(Box::new(dr))
             }),
         };
         if let Some(object) = object

@@ -296,7 +296,7 @@ spec:
     let input = yaml_value(text);
     assert_eq!(out["spec"], input["spec"]);
     let again: crds::DestinationRule = serde_json::from_value(out.clone()).unwrap();
-    assert_eq!(&again, dr);
+    assert_eq!(&again, &**dr);
 }
 
 #[test]
