@@ -136,9 +136,11 @@ pub struct BootstrapArgs {
     /// Where files the bootstrap references would go (the bootstrap is self-contained, so none are written).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
-    /// Port of Envoy's admin API, bound on the pod IP.
-    #[arg(long, default_value_t = 15000)]
-    pub admin_port: u16,
+    /// Envoy's admin API. Default: 127.0.0.1:15000 as in an Istio pod, or
+    /// POD_IP:15000 when the pod IP is a loopback address (local meshes run
+    /// many sidecars on one host).
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub mesh: MeshArgs,
 }
@@ -228,7 +230,14 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
         workload_name: found.map(|w| w.display_name()).unwrap_or(&args.pod),
         xds_addr: args.xds_addr,
         delta: args.delta,
-        admin: SocketAddr::new(ip, args.admin_port),
+        admin: args.admin_addr.unwrap_or_else(|| {
+            let host = if ip.is_loopback() {
+                ip
+            } else {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            };
+            SocketAddr::new(host, 15000)
+        }),
         cluster_domain: "cluster.local",
     })
 }
