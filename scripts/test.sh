@@ -15,4 +15,13 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
-cargo test --workspace
+log="$(mktemp)"
+trap 'rm -f "${log}"' EXIT
+status=0
+cargo test --workspace 2>&1 | tee "${log}" || status=$?
+# One closing line for the whole run: the last lines cargo prints belong to
+# the (empty) doc-test binaries and would read as "0 passed".
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "${log}" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "${log}" | awk '{s+=$2} END {print s+0}')
+echo "tests: ${passed} passed, ${failed} failed"
+exit "${status}"
