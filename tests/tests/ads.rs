@@ -127,6 +127,57 @@ async fn all_active_no_nack(delta: bool) {
             "{pod}.{ns} clusters"
         );
     }
+    // Which policy is in force where, and what clients send.
+    let mtlsz = debug_get(&mesh, "/debug/mtlsz").await;
+    let server = mtlsz["server"]
+        .as_array()
+        .and_then(|ps| {
+            ps.iter().find(|p| {
+                p["namespace"] == "bar" && p["workload"] == "httpbin-0" && p["port"] == 80
+            })
+        })
+        .cloned()
+        .expect("bar/httpbin-0:80 in mtlsz");
+    assert_eq!(server["mode"], "STRICT", "{server}");
+    assert_eq!(server["scope"], "workload", "{server}");
+    assert_eq!(server["by"]["name"], "httpbin", "{server}");
+    let client = mtlsz["client"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter().find(|c| {
+                c["client_namespace"] == "foo" && c["service"] == "httpbin.bar.svc.cluster.local"
+            })
+        })
+        .cloned()
+        .expect("foo -> httpbin.bar in mtlsz");
+    assert_eq!(client["tls"], "ISTIO_MUTUAL", "{client}");
+    assert_eq!(client["by"]["kind"], "DestinationRule", "{client}");
+    let metrics = probe(
+        mesh.server.debug_addr,
+        "debug",
+        "/metrics",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(
+        metrics.body.contains("xds_connected_proxies 4"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        metrics.body.contains("xds_certificates_issued_total 4"),
+        "{}",
+        metrics.body
+    );
+    let ready = probe(
+        mesh.server.debug_addr,
+        "debug",
+        "/readyz",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(ready.outcome, Outcome::Status(200));
+
     let syncz = debug_get(&mesh, "/debug/syncz").await;
     for p in syncz["proxies"].as_array().expect("proxies") {
         assert_eq!(p["status"], "SYNCED", "{p}");
