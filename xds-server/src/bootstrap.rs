@@ -47,6 +47,17 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
         "admin": {
             "address": {"socket_address": {"address": p.admin.ip().to_string(), "port_value": p.admin.port()}}
         },
+        // An explicit (generous) connection limit, as istio-proxy sets one:
+        // without it Envoy warns on every start.
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": 2147483647u64
+                }
+            }]
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": if p.delta { "DELTA_GRPC" } else { "GRPC" },
