@@ -246,6 +246,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
 
     // Client side: group clients by the rules they resolve to.
     let clients = ClientPolicies::new(mesh);
+    crate::resolve::client::report_unsupported(mesh, &mut diags);
     let mut cluster_cache: HashMap<(usize, usize, Option<usize>), Arc<Resource>> = HashMap::new();
     let mut maps_by_choice: HashMap<Vec<Option<usize>>, Arc<ResourceMap>> = HashMap::new();
     let mut group_maps: HashMap<(String, Vec<usize>), Arc<ResourceMap>> = HashMap::new();

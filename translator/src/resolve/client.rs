@@ -168,6 +168,34 @@ impl<'m> ClientPolicies<'m> {
     }
 }
 
+/// Report what a rule asks for that this control plane does not do yet, so
+/// a user is never left guessing why it has no effect.
+pub fn report_unsupported(mesh: &Mesh, diags: &mut Vec<crate::diag::Diagnostic>) {
+    for dr in &mesh.destination_rules {
+        let top = dr
+            .tls
+            .iter()
+            .map(|t| ("spec.trafficPolicy.tls".to_string(), t));
+        let ports = dr.port_tls.iter().filter_map(|(port, t)| {
+            t.as_ref().map(|t| {
+                (
+                    format!("spec.trafficPolicy.portLevelSettings[{port}].tls"),
+                    t,
+                )
+            })
+        });
+        for (field, tls) in top.chain(ports) {
+            if tls.credential_name.is_some() {
+                diags.push(crate::diag::Diagnostic::warning(
+                    dr.object_ref(),
+                    Some(format!("{field}.credentialName")),
+                    "credentialName is not supported yet: no client certificate is sent from that Secret; use clientCertificate and privateKey files, or ISTIO_MUTUAL".into(),
+                ));
+            }
+        }
+    }
+}
+
 /// `exportTo`: empty or `*` is everyone, `.` the rule's own namespace, `~`
 /// no one, otherwise the listed namespaces.
 fn exported_to(dr: &DestinationRule, client_ns: &str) -> bool {
