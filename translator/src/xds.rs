@@ -107,6 +107,25 @@ impl Resource {
         }
     }
 
+    /// A resource from bytes already encoded as message `M` (see
+    /// `envoy::route`, which assembles one from shared pieces).
+    pub fn from_encoded<M: Name>(
+        name: impl Into<String>,
+        kind: ResourceType,
+        value: Vec<u8>,
+    ) -> Self {
+        let hash = fnv1a(&value);
+        Resource {
+            name: name.into(),
+            kind,
+            body: Any {
+                type_url: M::type_url(),
+                value,
+            },
+            hash,
+        }
+    }
+
     /// The per-resource version string (hex of the content hash).
     pub fn version(&self) -> String {
         format!("{:016x}", self.hash)

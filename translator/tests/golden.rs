@@ -31,7 +31,7 @@ fn expected_files(case: &Path) -> BTreeMap<PathBuf, String> {
     out.insert(case.join("expected").join("diagnostics.txt"), diags);
     let decisions = serde_json::json!({
         "server": t.server_ports,
-        "client": t.client_ports,
+        "client": t.client_ports(&mesh),
     });
     out.insert(
         case.join("expected").join("decisions.json"),

@@ -474,8 +474,7 @@ spec:
 
 #[test]
 fn row_25_service_namespace_rule_beats_root_namespace_rule() {
-    let t = check(
-        "
+    let policies = "
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: default, namespace: istio-system}
@@ -489,11 +488,11 @@ metadata: {name: httpbin-legacy, namespace: legacy}
 spec:
   host: httpbin.legacy.svc.cluster.local
   trafficPolicy: {tls: {mode: DISABLE}}
-",
-        &[("foo", "legacy", Plain), ("foo", "bar", Mtls)],
-    );
-    let c = t
-        .client_ports
+";
+    let t = check(policies, &[("foo", "legacy", Plain), ("foo", "bar", Mtls)]);
+    let mesh = mesh_with(policies, "istio-system");
+    let reports = t.client_ports(&mesh);
+    let c = reports
         .iter()
         .find(|c| c.client_namespace == "foo" && c.service == "httpbin.legacy.svc.cluster.local")
         .expect("reported");

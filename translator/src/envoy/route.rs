@@ -1,9 +1,18 @@
-//! The outbound route configuration: one virtual host per service port, with
-//! every name a client may use for it.
+//! The outbound route configuration: one virtual host per HTTP service port,
+//! with every name a client may use for it.
+//!
+//! Every namespace gets its own configuration, because a bare service name
+//! means the service of the client's own namespace. The configurations
+//! differ only in the virtual hosts of that namespace's services, so the
+//! others are encoded once and shared: protobuf defines concatenated
+//! encodings of a message as the merge of the parts, and repeated fields
+//! (`virtual_hosts`) append.
 
 use super::names;
 use crate::model::{Mesh, Service};
+use crate::xds::{Resource, ResourceType};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
+use prost::Message;
 
 /// Domains for `service:port` as a client in `client_ns` may write them:
 /// the bare service name only from its own namespace (DNS search path),
@@ -34,28 +43,115 @@ pub fn domains(mesh: &Mesh, service: &Service, port: u16, client_ns: &str) -> Ve
     out
 }
 
-/// The route configuration of the outbound listener of every sidecar in
-/// `client_ns`.
-pub fn outbound_routes(mesh: &Mesh, name: String, client_ns: &str) -> RouteConfiguration {
-    let mut virtual_hosts = Vec::new();
-    for service in &mesh.services {
-        let fqdn = mesh.fqdn(service);
-        for p in &service.ports {
-            if !p.protocol.is_http() {
-                continue;
-            }
-            virtual_hosts.push(VirtualHost {
-                name: names::virtual_host(&fqdn, p.port),
-                domains: domains(mesh, service, p.port, client_ns),
-                routes: vec![super::route_to(names::outbound_cluster(p.port, &fqdn))],
-                ..Default::default()
-            });
+/// The virtual hosts of one service's HTTP ports, as seen from `client_ns`.
+fn virtual_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<VirtualHost> {
+    let Some(service) = mesh.services.get(si) else {
+        return Vec::new();
+    };
+    let fqdn = mesh.service_fqdn(si);
+    service
+        .ports
+        .iter()
+        .filter(|p| p.protocol.is_http())
+        .map(|p| VirtualHost {
+            name: names::virtual_host(fqdn, p.port),
+            domains: domains(mesh, service, p.port, client_ns),
+            routes: vec![super::route_to(names::outbound_cluster(p.port, fqdn))],
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Encoded `virtual_hosts` entries of one service.
+fn encoded_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<u8> {
+    RouteConfiguration {
+        virtual_hosts: virtual_hosts(mesh, si, client_ns),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The shared pieces of every namespace's outbound route configuration.
+pub struct OutboundRoutes {
+    /// Per service: its virtual hosts as any other namespace sees them.
+    shared: Vec<Vec<u8>>,
+}
+
+impl OutboundRoutes {
+    pub fn new(mesh: &Mesh) -> OutboundRoutes {
+        OutboundRoutes {
+            // No namespace is called "": nobody gets the bare names here.
+            shared: (0..mesh.services.len())
+                .map(|si| encoded_hosts(mesh, si, ""))
+                .collect(),
         }
     }
-    RouteConfiguration {
-        name,
-        virtual_hosts,
-        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
-        ..Default::default()
+
+    /// The route configuration `name` of the sidecars in `client_ns`.
+    pub fn for_namespace(&self, mesh: &Mesh, name: &str, client_ns: &str) -> Resource {
+        let own = mesh.index.services_in(client_ns);
+        let mut bytes = RouteConfiguration {
+            name: name.to_string(),
+            validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for (si, piece) in self.shared.iter().enumerate() {
+            if own.binary_search(&si).is_ok() {
+                bytes.extend(encoded_hosts(mesh, si, client_ns));
+            } else {
+                bytes.extend_from_slice(piece);
+            }
+        }
+        Resource::from_encoded::<RouteConfiguration>(name, ResourceType::Route, bytes)
+    }
+
+    /// The same configuration as one message (for tests).
+    pub fn message(mesh: &Mesh, name: &str, client_ns: &str) -> RouteConfiguration {
+        RouteConfiguration {
+            name: name.to_string(),
+            virtual_hosts: (0..mesh.services.len())
+                .flat_map(|si| virtual_hosts(mesh, si, client_ns))
+                .collect(),
+            validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::build::{Addressing, mesh_from_yaml};
+
+    #[test]
+    fn assembled_routes_decode_to_the_message_built_whole() {
+        let yaml = "
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: x}
+spec: {selector: {app: a}, ports: [{name: http, port: 80}, {name: http-alt, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: y}
+spec: {selector: {app: b}, ports: [{name: http, port: 8000}]}
+";
+        let mesh = mesh_from_yaml(
+            &[("t.yaml".to_string(), yaml.to_string())],
+            Default::default(),
+            &Addressing::default(),
+        )
+        .expect("valid");
+        let routes = OutboundRoutes::new(&mesh);
+        for ns in ["x", "y", "z"] {
+            let r = routes.for_namespace(&mesh, "15001", ns);
+            let decoded = RouteConfiguration::decode(r.body.value.as_slice()).expect("decodes");
+            assert_eq!(decoded, OutboundRoutes::message(&mesh, "15001", ns), "{ns}");
+        }
+        let x = routes.for_namespace(&mesh, "15001", "x");
+        let decoded = RouteConfiguration::decode(x.body.value.as_slice()).expect("decodes");
+        assert!(decoded.virtual_hosts[0].domains.contains(&"a".to_string()));
+        assert!(!decoded.virtual_hosts[2].domains.contains(&"b".to_string()));
     }
 }

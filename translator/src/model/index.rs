@@ -15,6 +15,10 @@ pub struct Index {
     pub workload_services: Vec<Vec<usize>>,
     /// FQDN -> service.
     pub service_by_fqdn: HashMap<String, usize>,
+    /// Per service: its FQDN, computed once.
+    pub service_fqdns: Vec<String>,
+    /// Per namespace: its services.
+    services_by_ns: HashMap<String, Vec<usize>>,
 }
 
 impl Index {
@@ -47,14 +51,26 @@ impl Index {
                 idx.workload_services[w].push(si);
             }
             idx.service_endpoints.push(eps);
-            idx.service_by_fqdn
-                .insert(s.fqdn(&config.cluster_domain), si);
+            let fqdn = s.fqdn(&config.cluster_domain);
+            idx.service_by_fqdn.insert(fqdn.clone(), si);
+            idx.service_fqdns.push(fqdn);
+            idx.services_by_ns
+                .entry(s.namespace.clone())
+                .or_default()
+                .push(si);
         }
         idx
     }
 
     pub fn workloads_in(&self, namespace: &str) -> &[usize] {
         self.workloads_by_ns
+            .get(namespace)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    pub fn services_in(&self, namespace: &str) -> &[usize] {
+        self.services_by_ns
             .get(namespace)
             .map(Vec::as_slice)
             .unwrap_or(&[])

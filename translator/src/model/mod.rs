@@ -313,6 +313,15 @@ impl Mesh {
         service.fqdn(&self.config.cluster_domain)
     }
 
+    /// The FQDN of service `si`, computed once by the index.
+    pub fn service_fqdn(&self, si: usize) -> &str {
+        self.index
+            .service_fqdns
+            .get(si)
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
     pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> String {
         format!(
             "spiffe://{}/ns/{namespace}/sa/{service_account}",

@@ -16,9 +16,7 @@
 //! which gates on the namespace mode and so misses workload STRICT under a
 //! mesh DISABLE (istio/istio#56084).
 
-use crate::model::{
-    ClientTls, DestinationRule, Labels, Mesh, ObjectRef, Service, index_labels_match,
-};
+use crate::model::{ClientTls, DestinationRule, Labels, Mesh, ObjectRef, index_labels_match};
 use std::collections::HashMap;
 
 /// The client-side decision for one (client group, service port).
@@ -98,14 +96,10 @@ impl<'m> ClientPolicies<'m> {
     }
 
     /// The rule a client in `client_ns` (matching the selector rules in
-    /// `selected`) uses for `service`.
-    pub fn rule_for(
-        &self,
-        client_ns: &str,
-        selected: &[usize],
-        service: &Service,
-    ) -> Option<usize> {
-        let fqdn = self.mesh.fqdn(service);
+    /// `selected`) uses for service `si`.
+    pub fn rule_for(&self, client_ns: &str, selected: &[usize], si: usize) -> Option<usize> {
+        let service = self.mesh.services.get(si)?;
+        let fqdn = self.mesh.service_fqdn(si);
         let root = self.mesh.config.root_namespace.as_str();
         let mut seen: Vec<&str> = Vec::with_capacity(3);
         for ns in [client_ns, service.namespace.as_str(), root] {
@@ -133,7 +127,7 @@ impl<'m> ClientPolicies<'m> {
             let best = list
                 .iter()
                 .filter(visible)
-                .filter(|e| wildcard_matches(&e.host, &fqdn))
+                .filter(|e| wildcard_matches(&e.host, fqdn))
                 // Most specific wildcard: the longest suffix; ties keep order.
                 .fold(None::<&RuleEntry>, |best, e| match best {
                     Some(b) if b.host.len() >= e.host.len() => Some(b),

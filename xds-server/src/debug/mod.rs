@@ -224,7 +224,7 @@ async fn mtlsz(State(s): State<DebugState>, Query(q): Query<FormatQuery>) -> Res
     };
     let t = &state.translation;
     if q.format.as_deref() == Some("text") {
-        return sync::mtlsz_text(t).into_response();
+        return sync::mtlsz_text(&state.mesh, t).into_response();
     }
     let conflicts: Vec<Value> = t
         .diagnostics
@@ -240,7 +240,7 @@ async fn mtlsz(State(s): State<DebugState>, Query(q): Query<FormatQuery>) -> Res
         .collect();
     Json(json!({
         "server": t.server_ports,
-        "client": t.client_ports,
+        "client": t.client_ports(&state.mesh),
         "conflicts": conflicts,
         "warnings": warnings,
     }))

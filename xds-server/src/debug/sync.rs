@@ -41,7 +41,7 @@ pub fn is_current(c: &ConnectionStatus, view: &ProxyView) -> bool {
 }
 
 /// `/debug/mtlsz?format=text`: the effective modes as tables.
-pub fn mtlsz_text(t: &Translation) -> String {
+pub fn mtlsz_text(mesh: &translator::model::Mesh, t: &Translation) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "SERVER (inbound, per workload port)");
     let _ = writeln!(
@@ -80,7 +80,7 @@ pub fn mtlsz_text(t: &Translation) -> String {
         "{:<12} {:<44} {:<13} {:<28} ENDPOINTS",
         "FROM NS", "SERVICE:PORT", "TLS", "DECIDED BY"
     );
-    for c in &t.client_ports {
+    for c in &t.client_ports(mesh) {
         let by =
             c.by.as_ref()
                 .map(|b| b.to_string())

@@ -55,9 +55,7 @@ pub fn explain(
         });
     }
     let fqdn = mesh.fqdn(service);
-    let decision = t.client_ports.iter().find(|c| {
-        c.client_namespace == client.namespace && c.service == fqdn && c.port == port.port
-    })?;
+    let decision = t.client_port(mesh, &client.namespace, si, port.port)?;
     let rule = decision
         .by
         .as_ref()

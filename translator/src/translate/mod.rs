@@ -1,0 +1,369 @@
+//! The translation: a whole mesh in, every sidecar's resources out, with the
+//! decisions that produced them and the diagnostics found on the way.
+//!
+//! Sharing: load assignments are the same for every sidecar and built once;
+//! the outbound route configuration once per client namespace; outbound
+//! clusters depend only on which DestinationRule each service resolves to
+//! for a client, so clients whose choices are the same (in practice: most
+//! namespaces) share one map, and a cluster is built once per choice.
+
+mod report;
+
+pub use report::{ClientPort, EndpointDecision, ServerPort};
+
+use crate::diag::Diagnostic;
+use crate::envoy::cluster::{self, EndpointSpec, OutboundSpec};
+use crate::envoy::{listener, names, route, tls};
+use crate::model::{Mesh, Protocol};
+use crate::resolve::{ClientPolicies, Decided, PeerPolicies, ServerMode, WorkloadPeerPolicy};
+use crate::xds::{ProxyResources, Resource, ResourceMap, ResourceType};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+/// Everything one sidecar gets, in shared pieces.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan {
+    pub namespace: String,
+    pub pod: String,
+    pub service_account: String,
+    pub ip: IpAddr,
+    /// Inbound listeners and the outbound listener of this proxy.
+    pub listeners: Arc<ResourceMap>,
+    pub inbound_clusters: Arc<ResourceMap>,
+    /// Shared with every client that resolves the same rules.
+    pub outbound_clusters: Arc<ResourceMap>,
+    /// Shared by all proxies.
+    pub endpoints: Arc<ResourceMap>,
+    /// Shared by the proxies of one namespace.
+    pub routes: Arc<ResourceMap>,
+}
+
+impl ProxyPlan {
+    /// The full per-type maps, as an ADS stream serves them.
+    pub fn resources(&self) -> ProxyResources {
+        let mut clusters: ResourceMap = (*self.outbound_clusters).clone();
+        clusters.extend(
+            self.inbound_clusters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        ProxyResources {
+            clusters: Arc::new(clusters),
+            endpoints: self.endpoints.clone(),
+            listeners: self.listeners.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+/// Per service, per port: the endpoints (workload index, spec), sorted.
+type EndpointSpecs = Vec<Vec<Vec<(usize, EndpointSpec)>>>;
+
+#[derive(Debug, Default)]
+pub struct Translation {
+    pub proxies: BTreeMap<(String, String), ProxyPlan>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub server_ports: Vec<ServerPort>,
+    /// Per client namespace with sidecars: the rule each service resolved
+    /// to (for clients without workload-selector rules).
+    client_choices: Vec<(String, Arc<Vec<Option<usize>>>)>,
+    endpoint_specs: EndpointSpecs,
+}
+
+impl Translation {
+    pub fn proxy(&self, namespace: &str, pod: &str) -> Option<&ProxyPlan> {
+        self.proxies.get(&(namespace.to_string(), pod.to_string()))
+    }
+}
+
+/// Per workload: target port -> (protocol, service ports that target it,
+/// `svc.ns:port` names).
+type TargetPorts = BTreeMap<u16, (Protocol, Vec<u16>, Vec<String>)>;
+
+fn target_ports(mesh: &Mesh) -> Vec<TargetPorts> {
+    let mut out = vec![TargetPorts::new(); mesh.workloads.len()];
+    for (si, svc) in mesh.services.iter().enumerate() {
+        let Some(eps) = mesh.index.service_endpoints.get(si) else {
+            continue;
+        };
+        for &wi in eps {
+            let (Some(w), Some(tp)) = (mesh.workloads.get(wi), out.get_mut(wi)) else {
+                continue;
+            };
+            for p in &svc.ports {
+                if let Some(t) = w.resolve_target(&p.target_port) {
+                    let e = tp.entry(t).or_insert((p.protocol, Vec::new(), Vec::new()));
+                    e.1.push(p.port);
+                    e.2.push(format!("{}.{}:{}", svc.name, svc.namespace, p.port));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn shared(map: ResourceMap) -> Arc<ResourceMap> {
+    Arc::new(map)
+}
+
+fn insert(map: &mut ResourceMap, r: Resource) {
+    map.insert(r.name.clone(), Arc::new(r));
+}
+
+/// Load assignments (shared by all), endpoint specs and each service's
+/// SPIFFE identities.
+fn endpoints<'a>(
+    mesh: &Mesh,
+    server_mode: &dyn Fn(usize, u16) -> Option<&'a Decided>,
+) -> (Arc<ResourceMap>, EndpointSpecs, Vec<Vec<String>>) {
+    let mut endpoints = ResourceMap::new();
+    let mut specs_all = Vec::with_capacity(mesh.services.len());
+    let mut sans_all = Vec::with_capacity(mesh.services.len());
+    for (si, svc) in mesh.services.iter().enumerate() {
+        let fqdn = mesh.service_fqdn(si);
+        let eps = mesh
+            .index
+            .service_endpoints
+            .get(si)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let sans: BTreeSet<String> = eps
+            .iter()
+            .filter_map(|&wi| mesh.workloads.get(wi))
+            .map(|w| mesh.spiffe_id(&w.namespace, &w.service_account))
+            .collect();
+        sans_all.push(sans.into_iter().collect());
+        let mut per_port = Vec::with_capacity(svc.ports.len());
+        for p in &svc.ports {
+            let mut list: Vec<(usize, EndpointSpec)> = eps
+                .iter()
+                .filter_map(|&wi| {
+                    let w = mesh.workloads.get(wi)?;
+                    let t = w.resolve_target(&p.target_port)?;
+                    let mtls = w.sidecar
+                        && server_mode(wi, t).is_some_and(|d| d.mode != ServerMode::Disable);
+                    Some((
+                        wi,
+                        EndpointSpec {
+                            ip: w.ip,
+                            port: t,
+                            mtls,
+                        },
+                    ))
+                })
+                .collect();
+            list.sort_by(|a, b| a.1.cmp(&b.1));
+            let name = names::outbound_cluster(p.port, fqdn);
+            let specs: Vec<EndpointSpec> = list.iter().map(|(_, e)| e.clone()).collect();
+            insert(
+                &mut endpoints,
+                Resource::new(
+                    name.clone(),
+                    ResourceType::Endpoint,
+                    &cluster::load_assignment(&name, &specs),
+                ),
+            );
+            per_port.push(list);
+        }
+        specs_all.push(per_port);
+    }
+    (shared(endpoints), specs_all, sans_all)
+}
+
+/// Translate the whole mesh.
+pub fn translate(mesh: &Mesh) -> Translation {
+    let mut diags = Vec::new();
+    let peer = PeerPolicies::new(mesh, &mut diags);
+    let tps = target_ports(mesh);
+    peer.check_port_keys(
+        &tps.iter()
+            .map(|t| t.iter().map(|(k, v)| (*k, v.1.clone())).collect())
+            .collect::<Vec<_>>(),
+        &mut diags,
+    );
+
+    // Server side, per workload.
+    let policies: Vec<Option<WorkloadPeerPolicy>> = mesh
+        .workloads
+        .iter()
+        .map(|w| w.sidecar.then(|| peer.for_workload(w, &mut diags)))
+        .collect();
+    let mut server_ports = Vec::new();
+    for (wi, w) in mesh.workloads.iter().enumerate() {
+        let pol = policies.get(wi).and_then(Option::as_ref);
+        for (port, (_, _, svcs)) in tps.get(wi).into_iter().flatten() {
+            let d = pol.map(|p| p.for_port(*port));
+            server_ports.push(ServerPort {
+                namespace: w.namespace.clone(),
+                workload: w.name.clone(),
+                ip: w.ip,
+                port: *port,
+                services: svcs.clone(),
+                sidecar: w.sidecar,
+                mode: d.map(|d| d.mode),
+                scope: d.map(|d| d.scope),
+                by: d.and_then(|d| d.by.clone()),
+            });
+        }
+    }
+    let server_mode = |wi: usize, port: u16| -> Option<&Decided> {
+        policies
+            .get(wi)
+            .and_then(Option::as_ref)
+            .map(|p| p.for_port(port))
+    };
+
+    let (endpoints, endpoint_specs, service_sans) = endpoints(mesh, &server_mode);
+    let routes = route::OutboundRoutes::new(mesh);
+    let route_name = names::outbound_route(mesh.config.outbound_port);
+    let mut routes_by_ns: HashMap<&str, Arc<ResourceMap>> = HashMap::new();
+
+    // Client side: group clients by the rules they resolve to.
+    let clients = ClientPolicies::new(mesh);
+    crate::resolve::client::report_unsupported(mesh, &mut diags);
+    let mut cluster_cache: HashMap<(usize, usize, Option<usize>), Arc<Resource>> = HashMap::new();
+    let mut maps_by_choice: HashMap<Arc<Vec<Option<usize>>>, Arc<ResourceMap>> = HashMap::new();
+    let mut group_maps: HashMap<(&str, Vec<usize>), Arc<ResourceMap>> = HashMap::new();
+    let mut client_choices = Vec::new();
+    let mut conflict_seen: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
+    let mut proxies = BTreeMap::new();
+    let server_tls = tls::downstream_mtls(&mesh.config.trust_domain);
+
+    for (wi, w) in mesh.workloads.iter().enumerate() {
+        if !w.sidecar {
+            continue;
+        }
+        let selected = clients.selector_rules_for(&w.namespace, &w.labels);
+        let group_key = (w.namespace.as_str(), selected);
+        let outbound_clusters = match group_maps.get(&group_key) {
+            Some(m) => m.clone(),
+            None => {
+                let choice: Arc<Vec<Option<usize>>> = Arc::new(
+                    (0..mesh.services.len())
+                        .map(|si| clients.rule_for(&w.namespace, &group_key.1, si))
+                        .collect(),
+                );
+                // One group per namespace has no selector rules: it is what
+                // `/debug/mtlsz` reports for the namespace.
+                if group_key.1.is_empty() {
+                    client_choices.push((w.namespace.clone(), choice.clone()));
+                }
+                let map = match maps_by_choice.get(&choice) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let mut map = ResourceMap::new();
+                        for (si, svc) in mesh.services.iter().enumerate() {
+                            let rule = choice.get(si).copied().flatten();
+                            let fqdn = mesh.service_fqdn(si);
+                            for (pi, p) in svc.ports.iter().enumerate() {
+                                let r = cluster_cache
+                                    .entry((si, pi, rule))
+                                    .or_insert_with(|| {
+                                        let decision = clients.decide(rule, p.port);
+                                        let eps = endpoint_specs
+                                            .get(si)
+                                            .and_then(|v| v.get(pi))
+                                            .map(Vec::as_slice)
+                                            .unwrap_or(&[]);
+                                        if let Some(ri) = rule
+                                            && decision.tls.is_some()
+                                            && conflict_seen.insert((ri, si, pi))
+                                        {
+                                            report::conflicts(
+                                                mesh,
+                                                &decision,
+                                                fqdn,
+                                                p.port,
+                                                eps,
+                                                &server_mode,
+                                                &mut diags,
+                                            );
+                                        }
+                                        let name = names::outbound_cluster(p.port, fqdn);
+                                        let c = cluster::outbound(&OutboundSpec {
+                                            name: name.clone(),
+                                            fqdn,
+                                            port: p.port,
+                                            protocol: p.protocol,
+                                            decision: &decision,
+                                            sans: service_sans
+                                                .get(si)
+                                                .map(Vec::as_slice)
+                                                .unwrap_or(&[]),
+                                        });
+                                        Arc::new(Resource::new(name, ResourceType::Cluster, &c))
+                                    })
+                                    .clone();
+                                map.insert(r.name.clone(), r);
+                            }
+                        }
+                        let map = shared(map);
+                        maps_by_choice.insert(choice, map.clone());
+                        map
+                    }
+                };
+                group_maps.insert(group_key, map.clone());
+                map
+            }
+        };
+
+        let mut listeners = ResourceMap::new();
+        let mut inbound_clusters = ResourceMap::new();
+        let app_ip = w.app_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        for (port, (protocol, _, _)) in tps.get(wi).into_iter().flatten() {
+            let mode = server_mode(wi, *port)
+                .map(|d| d.mode)
+                .unwrap_or(ServerMode::Permissive);
+            let l = listener::inbound(w.ip, *port, *protocol, mode, &server_tls);
+            insert(
+                &mut listeners,
+                Resource::new(l.name.clone(), ResourceType::Listener, &l),
+            );
+            let c = cluster::inbound(*port, app_ip, *protocol);
+            insert(
+                &mut inbound_clusters,
+                Resource::new(c.name.clone(), ResourceType::Cluster, &c),
+            );
+        }
+        let out = listener::outbound(w.ip, mesh.config.outbound_port);
+        insert(
+            &mut listeners,
+            Resource::new(out.name.clone(), ResourceType::Listener, &out),
+        );
+        let ns_routes = routes_by_ns
+            .entry(w.namespace.as_str())
+            .or_insert_with(|| {
+                let mut m = ResourceMap::new();
+                insert(
+                    &mut m,
+                    routes.for_namespace(mesh, &route_name, &w.namespace),
+                );
+                shared(m)
+            })
+            .clone();
+        proxies.insert(
+            (w.namespace.clone(), w.name.clone()),
+            ProxyPlan {
+                namespace: w.namespace.clone(),
+                pod: w.name.clone(),
+                service_account: w.service_account.clone(),
+                ip: w.ip,
+                listeners: shared(listeners),
+                inbound_clusters: shared(inbound_clusters),
+                outbound_clusters,
+                endpoints: endpoints.clone(),
+                routes: ns_routes,
+            },
+        );
+    }
+    diags.sort();
+    diags.dedup();
+    Translation {
+        proxies,
+        diagnostics: diags,
+        server_ports,
+        client_choices,
+        endpoint_specs,
+    }
+}
