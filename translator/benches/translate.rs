@@ -56,6 +56,7 @@ pub fn generated_mesh(services: usize, replicas: usize, namespaces: usize) -> Me
         svcs.push(Service {
             namespace: ns.clone(),
             name: app.clone(),
+            labels: Labels::new(),
             selector: Some(labels(&[("app", app.clone())])),
             ports: vec![ServicePort {
                 name: "http".into(),

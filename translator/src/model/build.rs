@@ -201,6 +201,7 @@ pub fn build_mesh(inputs: &[Input<'_>], config: MeshConfig, addressing: &Address
                     Service {
                         namespace: ns,
                         name,
+                        labels: labels(&s.metadata),
                         selector: spec.selector.clone(),
                         ports,
                     },

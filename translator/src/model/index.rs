@@ -13,8 +13,6 @@ pub struct Index {
     pub service_endpoints: Vec<Vec<usize>>,
     /// Per workload: the services that select it.
     pub workload_services: Vec<Vec<usize>>,
-    /// FQDN -> service.
-    pub service_by_fqdn: HashMap<String, usize>,
     /// Per service: its FQDN, computed once.
     pub service_fqdns: Vec<String>,
     /// Per namespace: its services.
@@ -52,7 +50,6 @@ impl Index {
             }
             idx.service_endpoints.push(eps);
             let fqdn = s.fqdn(&config.cluster_domain);
-            idx.service_by_fqdn.insert(fqdn.clone(), si);
             idx.service_fqdns.push(fqdn);
             idx.services_by_ns
                 .entry(s.namespace.clone())

@@ -119,6 +119,8 @@ pub struct ServicePort {
 pub struct Service {
     pub namespace: String,
     pub name: String,
+    /// The Service object's own labels (what `--to` selects on).
+    pub labels: Labels,
     /// `None`: a Service without selector has no endpoints we manage.
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,

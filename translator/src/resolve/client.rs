@@ -156,10 +156,6 @@ impl<'m> ClientPolicies<'m> {
             port_level,
         }
     }
-
-    pub fn rule(&self, idx: usize) -> Option<&'m DestinationRule> {
-        self.mesh.destination_rules.get(idx)
-    }
 }
 
 /// Report what a rule asks for that this control plane does not do yet, so

@@ -131,10 +131,6 @@ impl<'m> PeerPolicies<'m> {
         out
     }
 
-    pub fn mesh_policy(&self) -> Option<&'m PeerAuthentication> {
-        self.mesh_policy
-    }
-
     /// The namespace-level view (mesh, then namespace), as used for reports.
     pub fn for_namespace(&self, namespace: &str) -> Decided {
         let mut d = Decided::DEFAULT;

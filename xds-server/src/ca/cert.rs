@@ -57,15 +57,15 @@ pub struct WorkloadCert {
 }
 
 impl WorkloadCert {
-    /// When to replace this certificate: half way through its validity, as
-    /// istio-agent does (`SECRET_GRACE_PERIOD_RATIO` 0.5), so a CA outage
-    /// shorter than half a lifetime never lets a certificate expire.
+    /// When to replace this certificate: half its lifetime after it was
+    /// issued, as istio-agent does (`SECRET_GRACE_PERIOD_RATIO` 0.5), so a
+    /// CA outage shorter than half a lifetime never lets a certificate
+    /// expire. The back-dating for clock skew does not count: a
+    /// certificate of a few seconds must not be due the moment it is made.
     pub fn renew_at(&self) -> SystemTime {
-        let lifetime = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
-        self.not_before + lifetime / 2
+        let issued = self.not_before + super::CLOCK_SKEW;
+        let lifetime = self.not_after.duration_since(issued).unwrap_or_default();
+        issued + lifetime / 2
     }
 
     /// Whether the certificate is due for renewal at `now`.
@@ -108,7 +108,8 @@ mod tests {
 
     #[test]
     fn renewal_is_due_at_half_life() {
-        let c = cert(1_000, 1_000 + 86_400);
+        // Issued at 1000, back-dated by the clock skew allowance.
+        let c = cert(1_000 - 60, 1_000 + 86_400);
         assert_eq!(
             c.renew_at(),
             UNIX_EPOCH + Duration::from_secs(1_000 + 43_200)

@@ -61,7 +61,6 @@ pub struct State {
 
 struct Issued {
     cert: WorkloadCert,
-    issued_at: SystemTime,
     secrets: Arc<ResourceMap>,
 }
 
@@ -99,10 +98,6 @@ impl Cache {
             injected: DashMap::new(),
             certs_issued: Default::default(),
         }
-    }
-
-    pub fn settings(&self) -> &Settings {
-        &self.settings
     }
 
     /// Translate a new snapshot and make it current.
@@ -173,22 +168,17 @@ impl Cache {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         info!(%identity, serial = %cert.serial_hex, "issued workload certificate");
         let secrets = Arc::new(sds_resources(&cert, self.ca.root_pem()));
-        Ok(Arc::new(Issued {
-            cert,
-            issued_at: now,
-            secrets,
-        }))
+        Ok(Arc::new(Issued { cert, secrets }))
     }
 
-    /// Re-issue every certificate that is past half its lifetime (counted
-    /// from when it was issued), and tick the generation if any was.
-    /// Returns the earliest time the next one is due.
+    /// Re-issue every certificate that is past half its lifetime, and tick
+    /// the generation if any was. Returns the earliest time the next one is
+    /// due.
     pub fn rotate(&self, now: SystemTime) -> SystemTime {
-        let half = self.settings.cert_lifetime / 2;
         let due: Vec<Identity> = self
             .certs
             .iter()
-            .filter(|e| e.issued_at + half <= now)
+            .filter(|e| e.cert.needs_renewal(now))
             .map(|e| e.key().clone())
             .collect();
         let mut rotated = 0;
@@ -207,9 +197,9 @@ impl Cache {
         }
         self.certs
             .iter()
-            .map(|e| e.issued_at + half)
+            .map(|e| e.cert.renew_at())
             .min()
-            .unwrap_or(now + half)
+            .unwrap_or(now + self.settings.cert_lifetime / 2)
     }
 
     /// Certificate metadata for debug output.

@@ -373,8 +373,7 @@ impl LocalMesh {
                 continue;
             };
             for (si, s) in mesh.services.iter().enumerate() {
-                let svc_labels = service_labels(&state, &s.namespace, &s.name);
-                if !selects(&to, &svc_labels) {
+                if !selects(&to, &s.labels) {
                     continue;
                 }
                 for p in &s.ports {
@@ -476,23 +475,6 @@ async fn stop_running(r: Running) {
         warn!(error = %e, "stopping Envoy");
     }
     r.echo.stop().await;
-}
-
-fn service_labels(state: &crate::cache::State, ns: &str, name: &str) -> Labels {
-    state
-        .snapshot
-        .objects
-        .iter()
-        .find_map(|(p, _)| match &p.object {
-            crds::Object::Service(s)
-                if s.metadata.namespace.as_deref().unwrap_or("default") == ns
-                    && s.metadata.name.as_deref() == Some(name) =>
-            {
-                Some(s.metadata.labels.clone().unwrap_or_default())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
 }
 
 /// Target ports Services expose on a workload.
