@@ -104,8 +104,8 @@ pub struct ServeArgs {
     /// Quiet time before a burst of config changes is translated and pushed (e.g. 100ms).
     #[arg(long, env = "XDS_DEBOUNCE", default_value = "100ms", value_parser = parse_duration)]
     pub debounce: Duration,
-    /// Enable POST /debug/test/* fault injection (for tests only).
-    #[arg(long, env = "XDS_TEST_HOOKS", hide = true)]
+    /// Enable POST /debug/test/inject-invalid and /debug/test/clear, which push a listener Envoy must reject (fault injection for tests; never in production).
+    #[arg(long, env = "XDS_TEST_HOOKS")]
     pub enable_test_hooks: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,

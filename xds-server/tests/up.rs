@@ -35,34 +35,58 @@ fn up(envoy: &Path) -> Command {
     c
 }
 
+/// Expected outcome of sleep.FROM -> httpbin.TO at a stage: (outcome, mTLS).
+fn expected(stage: &str, from: &str, to: &str) -> (&'static str, bool) {
+    let strict_to = match stage {
+        "mesh-strict" => &["foo", "bar"][..],
+        "namespace-strict" => &["foo"][..],
+        "workload-strict" => &["bar"][..],
+        _ => &[][..],
+    };
+    match (from, to) {
+        ("legacy", t) if strict_to.contains(&t) => ("reset", false),
+        ("legacy", _) | (_, "legacy") => ("200", false),
+        _ => ("200", true),
+    }
+}
+
 #[test]
-fn up_once_json_gives_the_article_outcomes_for_stage_3() {
+fn up_once_json_gives_the_article_outcomes_at_every_stage() {
     let Some(envoy) = envoy() else { return };
-    let out = up(&envoy)
-        .args([
-            "examples/article/base",
-            "examples/article/workload-strict",
-            "--once",
-            "--json",
-        ])
-        .args(["--from", "app=sleep", "--to", "app in (httpbin)"])
-        .output()
-        .expect("run up");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
-    let results = v["results"].as_array().expect("results");
-    assert_eq!(results.len(), 9, "{v}");
-    for r in results {
-        let from = r["from"].as_str().unwrap_or_default();
-        let to = r["to"].as_str().unwrap_or_default();
-        let (outcome, mtls) = match (from, to) {
-            ("sleep.legacy", "httpbin.bar:8000") => ("reset", false),
-            ("sleep.legacy", _) | (_, "httpbin.legacy:8000") => ("200", false),
-            _ => ("200", true),
-        };
-        assert_eq!(r["outcome"], outcome, "{from} -> {to}: {r}");
-        assert_eq!(r["mtls"], mtls, "{from} -> {to}: {r}");
+    for stage in ["", "mesh-strict", "namespace-strict", "workload-strict"] {
+        let mut cmd = up(&envoy);
+        cmd.arg("examples/article/base");
+        if !stage.is_empty() {
+            cmd.arg(format!("examples/article/{stage}"));
+        }
+        let out = cmd
+            .args([
+                "--once",
+                "--json",
+                "--from",
+                "app=sleep",
+                "--to",
+                "app in (httpbin)",
+            ])
+            .output()
+            .expect("run up");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stage}: {stderr}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+        let results = v["results"].as_array().expect("results");
+        assert_eq!(results.len(), 9, "{stage}: {v}");
+        for r in results {
+            let from = r["from"].as_str().unwrap_or_default();
+            let to = r["to"].as_str().unwrap_or_default();
+            let f = from.strip_prefix("sleep.").unwrap_or(from);
+            let t = to
+                .strip_prefix("httpbin.")
+                .and_then(|t| t.strip_suffix(":8000"))
+                .unwrap_or(to);
+            let (outcome, mtls) = expected(stage, f, t);
+            assert_eq!(r["outcome"], outcome, "{stage}: {from} -> {to}: {r}");
+            assert_eq!(r["mtls"], mtls, "{stage}: {from} -> {to}: {r}");
+        }
     }
 }
 
