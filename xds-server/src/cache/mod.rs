@@ -105,7 +105,14 @@ impl Cache {
         let started = std::time::Instant::now();
         let mesh = snapshot.build_mesh(self.settings.mesh.clone(), &self.settings.addressing);
         let translation = translator::translate(&mesh);
-        for d in &translation.diagnostics {
+        // Log a diagnostic when it appears, not again on every change.
+        let previous = self.state();
+        let known = |d: &translator::Diagnostic| {
+            previous
+                .as_ref()
+                .is_some_and(|p| p.translation.diagnostics.binary_search(d).is_ok())
+        };
+        for d in translation.diagnostics.iter().filter(|d| !known(d)) {
             warn!(diagnostic = %d, "policy diagnostic");
         }
         let translate_time = started.elapsed();
