@@ -3,8 +3,8 @@
 //! `/debug/config_dump`, so the two can be compared line by line.
 //!
 //! envoy-types' prost structs have no serde support; instead we load the
-//! descriptor set envoy-types ships ([`DESCRIPTORS`]) into a prost-reflect
-//! [`DescriptorPool`] once and serialize a [`DynamicMessage`]. What Envoy
+//! descriptors of the messages we render ([`DESCRIPTORS`]) into a
+//! prost-reflect [`DescriptorPool`] once and serialize a [`DynamicMessage`]. What Envoy
 //! does, and so we do too:
 //! - original snake_case field names (`connect_timeout`, not `connectTimeout`);
 //! - fields at their default value are left out;
@@ -24,8 +24,17 @@ use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::LazyLock;
 
-/// The `FileDescriptorSet` of every proto envoy-types was generated from.
-pub const DESCRIPTORS: &[u8] = include_bytes!(env!("ENVOY_TYPES_DESCRIPTORS"));
+/// A `FileDescriptorSet` cut from the one envoy-types ships: the .proto files
+/// of every resource and extension we render, with their imports, without
+/// source comments (210 KB instead of 3.3 MB). Committed, because a build
+/// must not look outside the crate graph for it; `tests/descriptors.rs`
+/// regenerates it and fails when it drifts from envoy-types
+/// [`ENVOY_TYPES_VERSION`].
+pub const DESCRIPTORS: &[u8] = include_bytes!("../descriptors/envoy.pb");
+
+/// The envoy-types release [`DESCRIPTORS`] was cut from; `Cargo.lock` must
+/// pin the same one.
+pub const ENVOY_TYPES_VERSION: &str = "0.7.7";
 
 /// What Envoy prints for a redacted string (and, base64-encoded, for bytes).
 const REDACTED: &str = "[redacted]";
