@@ -57,7 +57,7 @@ fn inbound_hcm(target_port: u16) -> HttpConnectionManager {
                 virtual_hosts: vec![VirtualHost {
                     name: format!("inbound|http|{target_port}"),
                     domains: vec!["*".into()],
-                    routes: vec![super::route_to(cluster)],
+                    routes: vec![super::route::route_to(cluster)],
                     ..Default::default()
                 }],
                 validate_clusters: Some(BoolValue { value: false }),

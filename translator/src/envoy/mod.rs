@@ -50,27 +50,6 @@ pub(crate) fn socket_address(ip: IpAddr, port: u16) -> Address {
     }
 }
 
-/// A route sending every path to `cluster`, with no route timeout (as
-/// istiod: the application decides how long a request may take).
-pub(crate) fn route_to(cluster: String) -> envoy_types::pb::envoy::config::route::v3::Route {
-    use envoy_types::pb::envoy::config::route::v3::{
-        Route, RouteAction, RouteMatch, route, route_action, route_match,
-    };
-    Route {
-        name: "default".into(),
-        r#match: Some(RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-            ..Default::default()
-        }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
-            timeout: Some(seconds(0)),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
-}
-
 pub(crate) fn seconds(s: i64) -> Duration {
     Duration {
         seconds: s,

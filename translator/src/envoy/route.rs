@@ -56,7 +56,7 @@ fn virtual_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<VirtualHost> {
         .map(|p| VirtualHost {
             name: names::virtual_host(fqdn, p.port),
             domains: domains(mesh, service, p.port, client_ns),
-            routes: vec![super::route_to(names::outbound_cluster(p.port, fqdn))],
+            routes: vec![route_to(names::outbound_cluster(p.port, fqdn))],
             ..Default::default()
         })
         .collect()
@@ -116,6 +116,27 @@ impl OutboundRoutes {
             validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
             ..Default::default()
         }
+    }
+}
+
+/// A route sending every path to `cluster`, with no route timeout (as
+/// istiod: the application decides how long a request may take).
+pub(super) fn route_to(cluster: String) -> envoy_types::pb::envoy::config::route::v3::Route {
+    use envoy_types::pb::envoy::config::route::v3::{
+        Route, RouteAction, RouteMatch, route, route_action, route_match,
+    };
+    Route {
+        name: "default".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster)),
+            timeout: Some(super::seconds(0)),
+            ..Default::default()
+        })),
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Lookups by namespace, labels and service that are not linear scans.
 
-use super::{Labels, MeshConfig, Service, Workload};
+use super::objects::{Labels, MeshConfig, Service, Workload};
 use std::collections::HashMap;
 
 #[derive(Debug, Default)]

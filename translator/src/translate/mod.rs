@@ -7,75 +7,22 @@
 //! for a client, so clients whose choices are the same (in practice: most
 //! namespaces) share one map, and a cluster is built once per choice.
 
+mod plan;
 mod report;
 
+pub use plan::{ProxyPlan, Translation};
 pub use report::{ClientPort, EndpointDecision, ServerPort};
 
-use crate::diag::Diagnostic;
+use report::EndpointSpecs;
+
 use crate::envoy::cluster::{self, EndpointSpec, OutboundSpec};
 use crate::envoy::{listener, names, route, tls};
 use crate::model::{Mesh, Protocol};
 use crate::resolve::{ClientPolicies, Decided, PeerPolicies, ServerMode, WorkloadPeerPolicy};
-use crate::xds::{ProxyResources, Resource, ResourceMap, ResourceType};
+use crate::xds::{Resource, ResourceMap, ResourceType};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-
-/// Everything one sidecar gets, in shared pieces.
-#[derive(Clone, Debug)]
-pub struct ProxyPlan {
-    pub namespace: String,
-    pub pod: String,
-    pub service_account: String,
-    pub ip: IpAddr,
-    /// Inbound listeners and the outbound listener of this proxy.
-    pub listeners: Arc<ResourceMap>,
-    pub inbound_clusters: Arc<ResourceMap>,
-    /// Shared with every client that resolves the same rules.
-    pub outbound_clusters: Arc<ResourceMap>,
-    /// Shared by all proxies.
-    pub endpoints: Arc<ResourceMap>,
-    /// Shared by the proxies of one namespace.
-    pub routes: Arc<ResourceMap>,
-}
-
-impl ProxyPlan {
-    /// The full per-type maps, as an ADS stream serves them.
-    pub fn resources(&self) -> ProxyResources {
-        let mut clusters: ResourceMap = (*self.outbound_clusters).clone();
-        clusters.extend(
-            self.inbound_clusters
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        ProxyResources {
-            clusters: Arc::new(clusters),
-            endpoints: self.endpoints.clone(),
-            listeners: self.listeners.clone(),
-            routes: self.routes.clone(),
-        }
-    }
-}
-
-/// Per service, per port: the endpoints (workload index, spec), sorted.
-type EndpointSpecs = Vec<Vec<Vec<(usize, EndpointSpec)>>>;
-
-#[derive(Debug, Default)]
-pub struct Translation {
-    pub proxies: BTreeMap<(String, String), ProxyPlan>,
-    pub diagnostics: Vec<Diagnostic>,
-    pub server_ports: Vec<ServerPort>,
-    /// Per client namespace with sidecars: the rule each service resolved
-    /// to (for clients without workload-selector rules).
-    client_choices: Vec<(String, Arc<Vec<Option<usize>>>)>,
-    endpoint_specs: EndpointSpecs,
-}
-
-impl Translation {
-    pub fn proxy(&self, namespace: &str, pod: &str) -> Option<&ProxyPlan> {
-        self.proxies.get(&(namespace.to_string(), pod.to_string()))
-    }
-}
 
 /// Per workload: target port -> (protocol, service ports that target it,
 /// `svc.ns:port` names).

@@ -3,12 +3,14 @@
 //! conflicts between them. Client reports are computed on demand (they are
 //! many: namespaces x service ports), not on every translation.
 
-use super::Translation;
 use crate::diag::Diagnostic;
 use crate::envoy::cluster::EndpointSpec;
 use crate::model::{ClientTlsMode, Mesh, ObjectRef};
 use crate::resolve::{ClientDecision, ClientPolicies, Decided, Scope, ServerMode};
 use std::net::IpAddr;
+
+/// Per service, per port: the endpoints (workload index, spec), sorted.
+pub(super) type EndpointSpecs = Vec<Vec<Vec<(usize, EndpointSpec)>>>;
 
 /// The server-side decision for one workload port, for `/debug/mtlsz`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -62,10 +64,10 @@ fn tls_name(decision: &ClientDecision) -> String {
     }
 }
 
-fn client_port(
+pub(super) fn client_port(
     mesh: &Mesh,
     clients: &ClientPolicies<'_>,
-    t: &Translation,
+    endpoint_specs: &EndpointSpecs,
     client_ns: &str,
     rule: Option<usize>,
     si: usize,
@@ -74,7 +76,7 @@ fn client_port(
     let port = mesh.services.get(si)?.ports.get(pi)?.port;
     let decision = clients.decide(rule, port);
     let explicit = decision.tls.as_ref().map(|t| t.mode());
-    let eps = t.endpoint_specs.get(si).and_then(|v| v.get(pi))?;
+    let eps = endpoint_specs.get(si).and_then(|v| v.get(pi))?;
     Some(ClientPort {
         client_namespace: client_ns.to_string(),
         service: mesh.service_fqdn(si).to_string(),
@@ -99,51 +101,6 @@ fn client_port(
             })
             .collect(),
     })
-}
-
-impl Translation {
-    /// Client TLS for every client namespace (with sidecars) and service
-    /// port, sorted by namespace, then service order.
-    pub fn client_ports(&self, mesh: &Mesh) -> Vec<ClientPort> {
-        let clients = ClientPolicies::new(mesh);
-        let mut out = Vec::new();
-        for (ns, choice) in &self.client_choices {
-            for (si, svc) in mesh.services.iter().enumerate() {
-                let rule = choice.get(si).copied().flatten();
-                for pi in 0..svc.ports.len() {
-                    out.extend(client_port(mesh, &clients, self, ns, rule, si, pi));
-                }
-            }
-        }
-        out
-    }
-
-    /// Client TLS from one namespace to one service port.
-    pub fn client_port(
-        &self,
-        mesh: &Mesh,
-        client_ns: &str,
-        si: usize,
-        port: u16,
-    ) -> Option<ClientPort> {
-        let (_, choice) = self.client_choices.iter().find(|(ns, _)| ns == client_ns)?;
-        let pi = mesh
-            .services
-            .get(si)?
-            .ports
-            .iter()
-            .position(|p| p.port == port)?;
-        let clients = ClientPolicies::new(mesh);
-        client_port(
-            mesh,
-            &clients,
-            self,
-            client_ns,
-            choice.get(si).copied().flatten(),
-            si,
-            pi,
-        )
-    }
 }
 
 /// A DestinationRule whose TLS contradicts what the server accepts.

@@ -1,0 +1,118 @@
+//! What a translation produces: a plan per sidecar, in pieces shared by
+//! `Arc` between the proxies that receive the same ones, and the decisions
+//! `report.rs` explains.
+
+use super::report::{ClientPort, EndpointSpecs, ServerPort, client_port};
+use crate::diag::Diagnostic;
+use crate::model::Mesh;
+use crate::resolve::ClientPolicies;
+use crate::xds::{ProxyResources, ResourceMap};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Everything one sidecar gets, in shared pieces.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan {
+    pub namespace: String,
+    pub pod: String,
+    pub service_account: String,
+    pub ip: IpAddr,
+    /// Inbound listeners and the outbound listener of this proxy.
+    pub listeners: Arc<ResourceMap>,
+    pub inbound_clusters: Arc<ResourceMap>,
+    /// Shared with every client that resolves the same rules.
+    pub outbound_clusters: Arc<ResourceMap>,
+    /// Shared by all proxies.
+    pub endpoints: Arc<ResourceMap>,
+    /// Shared by the proxies of one namespace.
+    pub routes: Arc<ResourceMap>,
+}
+
+impl ProxyPlan {
+    /// The full per-type maps, as an ADS stream serves them.
+    pub fn resources(&self) -> ProxyResources {
+        let mut clusters: ResourceMap = (*self.outbound_clusters).clone();
+        clusters.extend(
+            self.inbound_clusters
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        ProxyResources {
+            clusters: Arc::new(clusters),
+            endpoints: self.endpoints.clone(),
+            listeners: self.listeners.clone(),
+            routes: self.routes.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Translation {
+    pub proxies: BTreeMap<(String, String), ProxyPlan>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub server_ports: Vec<ServerPort>,
+    /// Per client namespace with sidecars: the rule each service resolved
+    /// to (for clients without workload-selector rules).
+    pub(super) client_choices: Vec<(String, Arc<Vec<Option<usize>>>)>,
+    pub(super) endpoint_specs: EndpointSpecs,
+}
+
+impl Translation {
+    pub fn proxy(&self, namespace: &str, pod: &str) -> Option<&ProxyPlan> {
+        self.proxies.get(&(namespace.to_string(), pod.to_string()))
+    }
+}
+
+impl Translation {
+    /// Client TLS for every client namespace (with sidecars) and service
+    /// port, sorted by namespace, then service order.
+    pub fn client_ports(&self, mesh: &Mesh) -> Vec<ClientPort> {
+        let clients = ClientPolicies::new(mesh);
+        let mut out = Vec::new();
+        for (ns, choice) in &self.client_choices {
+            for (si, svc) in mesh.services.iter().enumerate() {
+                let rule = choice.get(si).copied().flatten();
+                for pi in 0..svc.ports.len() {
+                    out.extend(client_port(
+                        mesh,
+                        &clients,
+                        &self.endpoint_specs,
+                        ns,
+                        rule,
+                        si,
+                        pi,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Client TLS from one namespace to one service port.
+    pub fn client_port(
+        &self,
+        mesh: &Mesh,
+        client_ns: &str,
+        si: usize,
+        port: u16,
+    ) -> Option<ClientPort> {
+        let (_, choice) = self.client_choices.iter().find(|(ns, _)| ns == client_ns)?;
+        let pi = mesh
+            .services
+            .get(si)?
+            .ports
+            .iter()
+            .position(|p| p.port == port)?;
+        let clients = ClientPolicies::new(mesh);
+        client_port(
+            mesh,
+            &clients,
+            &self.endpoint_specs,
+            client_ns,
+            choice.get(si).copied().flatten(),
+            si,
+            pi,
+        )
+    }
+}
