@@ -2,8 +2,8 @@
 //! (`XDS_...`, shown in `--help`).
 
 use crate::bootstrap::{BootstrapParams, bootstrap_yaml};
-use crate::cache::Settings;
 use crate::server::{ServerOptions, start};
+use crate::snapshots::Settings;
 use crate::source::files::FileLoader;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -41,7 +41,7 @@ pub enum Command {
     /// Print the CustomResourceDefinitions (PeerAuthentication, DestinationRule).
     Crds,
     /// Run a whole mesh on this machine: the control plane, a stock Envoy per sidecar, an echo app per workload; print the connectivity matrix.
-    Up(crate::runner::mesh::UpArgs),
+    Up(UpArgs),
 }
 
 /// Settings shared by every command that builds the mesh model.
@@ -112,6 +112,42 @@ pub struct ServeArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Directories or files of Kubernetes YAML; their union is the config (watched).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print one matrix after convergence and exit (non-zero if it does not converge in --timeout).
+    #[arg(long)]
+    pub once: bool,
+    /// Print results as JSON: {"results":[{"from","to","outcome","mtls"}]}.
+    #[arg(long)]
+    pub json: bool,
+    /// How long to wait for the mesh to converge.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Label selector on client workloads, kubectl syntax (app=sleep, app in (a,b), !canary).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Label selector on services, kubectl syntax (e.g. app=httpbin).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Sidecars use delta xDS instead of state of the world.
+    #[arg(long)]
+    pub delta: bool,
+    /// Where bootstraps, Envoy logs and the CA of this run go (default: a new temporary directory).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Envoy's --log-level.
+    #[arg(long, default_value = "warn")]
+    pub envoy_log_level: String,
+    /// Show the control plane's logs on stderr instead of writing them to WORK_DIR/xds-server.log (so does setting RUST_LOG).
+    #[arg(short, long)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct BootstrapArgs {
     #[arg(long)]
     pub namespace: String,
@@ -145,27 +181,26 @@ pub struct BootstrapArgs {
     pub mesh: MeshArgs,
 }
 
-/// `24h`, `30m`, `10s`, `500ms`, or plain seconds.
+/// The longest duration a flag accepts (10 years): certificate lifetimes and
+/// timeouts are added to the current time, and this keeps that sum far from
+/// overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// A duration flag in humantime's syntax (`24h`, `30m`, `10s`, `500ms`,
+/// `1h 30m`): positive and at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 24h, 30m, 10s or 500ms"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !(secs.is_finite() && secs > 0.0) {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 24h, 30m, 10s or 500ms: {e}"))?;
+    if d.is_zero() {
         return Err(format!("{s:?} must be positive"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s:?} is longer than the maximum of {}",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {

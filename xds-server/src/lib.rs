@@ -6,10 +6,12 @@
 pub mod ads;
 pub mod bootstrap;
 pub mod ca;
-pub mod cache;
 pub mod cli;
 pub mod debug;
 pub mod identity;
+pub mod logging;
 pub mod runner;
 pub mod server;
+pub mod snapshots;
 pub mod source;
+pub mod view;

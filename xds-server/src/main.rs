@@ -1,17 +1,16 @@
 use clap::Parser;
 use std::process::ExitCode;
 use xds_server::cli::{self, Cli, Command};
+use xds_server::logging;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    // `up` decides where its logs go once it knows its work directory.
+    if !matches!(command, Command::Up(_)) {
+        logging::to_stderr("info");
+    }
+    let result = match command {
         Command::Serve(args) => cli::serve(args).await.map(|_| ExitCode::SUCCESS),
         Command::Bootstrap(args) => cli::bootstrap(args).map(|y| {
             print!("{y}");

@@ -1,10 +1,10 @@
-//! Wiring: config source -> cache -> ADS and debug servers, plus the
+//! Wiring: config source -> snapshots -> ADS and debug servers, plus the
 //! certificate rotation task. Used by `serve` and by the local runner.
 
 use crate::ads::{AdsServer, Registry, Stats};
 use crate::ca::CertificateAuthority;
-use crate::cache::{Cache, Settings};
 use crate::debug;
+use crate::snapshots::{Settings, Snapshots};
 use crate::source::files::{FileLoader, watch_paths};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ pub struct ServerOptions {
 pub struct RunningServer {
     pub xds_addr: SocketAddr,
     pub debug_addr: SocketAddr,
-    pub cache: Arc<Cache>,
+    pub snapshots: Arc<Snapshots>,
     pub registry: Arc<Registry>,
     pub stats: Arc<Stats>,
     tasks: Vec<JoinHandle<()>>,
@@ -69,30 +69,30 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         CertificateAuthority::load_or_create(&opts.state_dir, &opts.settings.mesh.trust_domain)
             .with_context(|| format!("loading the CA from {}", opts.state_dir.display()))?,
     );
-    let cache = Arc::new(Cache::new(opts.settings.clone(), ca));
+    let snapshots = Arc::new(Snapshots::new(opts.settings.clone(), ca));
     let registry = Arc::new(Registry::default());
     let stats = Arc::new(Stats::default());
     let mut tasks = Vec::new();
 
-    let (mut snapshots, watch_task) =
+    let (mut loaded, watch_task) =
         watch_paths(FileLoader::new(opts.config_paths.clone()), opts.debounce)
             .context("watching the config paths")?;
     tasks.push(watch_task);
-    cache.apply(snapshots.borrow_and_update().clone());
-    let apply_cache = cache.clone();
+    snapshots.apply(loaded.borrow_and_update().clone());
+    let apply_snapshots = snapshots.clone();
     tasks.push(tokio::spawn(async move {
-        while snapshots.changed().await.is_ok() {
-            let snap = snapshots.borrow_and_update().clone();
-            apply_cache.apply(snap);
+        while loaded.changed().await.is_ok() {
+            let snap = loaded.borrow_and_update().clone();
+            apply_snapshots.apply(snap);
         }
     }));
 
     // Rotation: wake when the next certificate is due (at least every
     // second while certificates are short-lived, at most every minute).
-    let rot_cache = cache.clone();
+    let rot_snapshots = snapshots.clone();
     tasks.push(tokio::spawn(async move {
         loop {
-            let next = rot_cache.rotate(SystemTime::now());
+            let next = rot_snapshots.rotate(SystemTime::now());
             let wait = next
                 .duration_since(SystemTime::now())
                 .unwrap_or_default()
@@ -101,7 +101,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
     }));
 
-    let ads = AdsServer::with_parts(cache.clone(), registry.clone(), stats.clone());
+    let ads = AdsServer::with_parts(snapshots.clone(), registry.clone(), stats.clone());
     let xds_listener = TcpListener::bind(opts.xds_addr)
         .await
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
@@ -122,7 +122,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         .with_context(|| format!("binding the debug address {}", opts.debug_addr))?;
     let debug_addr = debug_listener.local_addr()?;
     let app = debug::router(debug::DebugState {
-        cache: cache.clone(),
+        snapshots: snapshots.clone(),
         registry: registry.clone(),
         stats: stats.clone(),
         test_hooks: opts.test_hooks,
@@ -136,7 +136,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     Ok(RunningServer {
         xds_addr,
         debug_addr,
-        cache,
+        snapshots,
         registry,
         stats,
         tasks,

@@ -1,16 +1,16 @@
 //! Per-proxy views of the current translation, plus that proxy's secrets.
 //!
-//! The cache decides *what* a proxy should hold; the ADS server (`ads`)
+//! This module decides *what* a proxy should hold; the ADS server (`ads`)
 //! decides *when and how* to send it. Their only contract is
-//! [`crate::ads::ConfigSource`]: a view per node, and a generation counter
+//! [`crate::view::ConfigSource`]: a view per node, and a generation counter
 //! that ticks when any view may have changed (new config, rotated
 //! certificate). Views are built lazily for connected proxies only, and
 //! cached per generation.
 
-use crate::ads::{ConfigSource, ViewError};
 use crate::ca::{CertificateAuthority, WorkloadCert, sds_resources};
 use crate::identity::{Identity, NodeId, Peer, ProxyId};
 use crate::source::ConfigSnapshot;
+use crate::view::{ConfigSource, ProxyView, ViewError};
 use dashmap::DashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -18,29 +18,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use translator::model::build::Addressing;
 use translator::model::{Mesh, MeshConfig};
-use translator::{ProxyResources, Resource, ResourceMap, ResourceType, Translation};
+use translator::{Resource, ResourceMap, ResourceType, Translation};
 
-/// Everything one proxy should hold right now.
-#[derive(Clone, Debug, Default)]
-pub struct ProxyView {
-    pub proxy: ProxyId,
-    /// The identity this proxy acts as; its secrets are for this identity.
-    pub identity: Identity,
-    pub resources: ProxyResources,
-    /// SDS resources `default` and `ROOTCA` for `identity`.
-    pub secrets: Arc<ResourceMap>,
-}
-
-impl ProxyView {
-    pub fn of(&self, kind: ResourceType) -> &Arc<ResourceMap> {
-        match kind {
-            ResourceType::Secret => &self.secrets,
-            other => self.resources.of(other).unwrap_or(&self.secrets),
-        }
-    }
-}
-
-/// What the cache needs to know besides the objects.
+/// What translation needs to know besides the objects.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub mesh: MeshConfig,
@@ -74,7 +54,8 @@ pub struct CertInfo {
     pub not_after: String,
 }
 
-pub struct Cache {
+/// Translates each config snapshot and holds what every proxy should receive.
+pub struct Snapshots {
     settings: Settings,
     ca: Arc<CertificateAuthority>,
     state: RwLock<Option<Arc<State>>>,
@@ -86,9 +67,9 @@ pub struct Cache {
     certs_issued: std::sync::atomic::AtomicU64,
 }
 
-impl Cache {
-    pub fn new(settings: Settings, ca: Arc<CertificateAuthority>) -> Cache {
-        Cache {
+impl Snapshots {
+    pub fn new(settings: Settings, ca: Arc<CertificateAuthority>) -> Snapshots {
+        Snapshots {
             settings,
             ca,
             state: RwLock::new(None),
@@ -303,7 +284,7 @@ fn fmt_time(t: SystemTime) -> String {
         .unwrap_or_else(|| secs.to_string())
 }
 
-impl ConfigSource for Cache {
+impl ConfigSource for Snapshots {
     fn view(&self, node_id: &str, peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
         let node = NodeId::parse(node_id).map_err(|e| ViewError::BadNodeId(e.to_string()))?;
         let generation = self.generation();

@@ -14,7 +14,9 @@
 //! nonce only decides whether `error_detail` / an ACK refers to the latest
 //! response.
 
-use super::{ConfigSource, Ended, Nack, Protocol, Session, Subscription, TypeStatus};
+use super::registry::{Nack, Subscription, TypeStatus};
+use super::stream::{Ended, Session, Variant};
+use crate::view::ConfigSource;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
@@ -41,7 +43,7 @@ pub(super) struct Delta<S: ConfigSource> {
     types: BTreeMap<ResourceType, DeltaType>,
 }
 
-impl<S: ConfigSource> Protocol<S> for Delta<S> {
+impl<S: ConfigSource> Variant<S> for Delta<S> {
     type Request = DeltaDiscoveryRequest;
     type Response = DeltaDiscoveryResponse;
     const DELTA: bool = true;

@@ -55,7 +55,7 @@ pub struct TypeStatus {
     pub last_nack: Option<Nack>,
     /// What the proxy should hold after the last response: for SotW exactly
     /// the resources of that response, for delta the accumulated set.
-    /// Shared with the cache, so keeping it is cheap; `/config_dump` reads it.
+    /// Shared with the snapshots, so keeping it is cheap; `/config_dump` reads it.
     pub sent: Arc<ResourceMap>,
     /// `None` until the proxy asks for this type on this connection.
     pub subscription: Option<Subscription>,

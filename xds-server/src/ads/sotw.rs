@@ -16,7 +16,9 @@
 //! `version_info` of a stream's first request (left from an earlier server)
 //! is not trusted: a new stream always gets the current state.
 
-use super::{ConfigSource, Ended, Nack, Protocol, Session, Subscription, TypeStatus};
+use super::registry::{Nack, Subscription, TypeStatus};
+use super::stream::{Ended, Session, Variant};
+use crate::view::ConfigSource;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use std::collections::BTreeMap;
@@ -31,7 +33,7 @@ pub(super) struct Sotw<S: ConfigSource> {
     types: BTreeMap<ResourceType, TypeStatus>,
 }
 
-impl<S: ConfigSource> Protocol<S> for Sotw<S> {
+impl<S: ConfigSource> Variant<S> for Sotw<S> {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     const DELTA: bool = false;

@@ -63,7 +63,7 @@ impl WorkloadCert {
     /// expire. The back-dating for clock skew does not count: a
     /// certificate of a few seconds must not be due the moment it is made.
     pub fn renew_at(&self) -> SystemTime {
-        let issued = self.not_before + super::CLOCK_SKEW;
+        let issued = self.not_before + super::x509::CLOCK_SKEW;
         let lifetime = self.not_after.duration_since(issued).unwrap_or_default();
         issued + lifetime / 2
     }

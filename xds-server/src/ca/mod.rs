@@ -17,9 +17,13 @@
 mod cert;
 mod sds;
 mod store;
+mod x509;
 
 pub use cert::{SecretString, WorkloadCert};
 pub use sds::{ROOT_SECRET, WORKLOAD_SECRET, sds_resources};
+pub use x509::CLOCK_SKEW;
+
+use x509::{cert_time, random_serial, serial_hex};
 
 use crate::identity::Identity;
 use anyhow::{Context, bail};
@@ -30,13 +34,9 @@ use rcgen::{
 use std::fmt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use time::OffsetDateTime;
 
 /// Istio's `DEFAULT_WORKLOAD_CERT_TTL`.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
-/// How far back a certificate's validity starts, so a peer whose clock is a
-/// little behind ours does not reject a certificate issued just now.
-pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The CA: a root key and certificate, and the trust domain it issues for.
 pub struct CertificateAuthority {
@@ -150,39 +150,6 @@ impl CertificateAuthority {
             not_after,
         })
     }
-}
-
-/// 128 random bits, as a positive serial number (the DER encoder adds a
-/// leading zero byte where the top bit is set).
-fn random_serial() -> anyhow::Result<Vec<u8>> {
-    let mut serial = vec![0u8; 16];
-    getrandom::getrandom(&mut serial)
-        .map_err(|e| anyhow::anyhow!("reading random bytes for a serial number: {e}"))?;
-    Ok(serial)
-}
-
-/// Lowercase hex of the serial's value (no leading zero bytes), as Envoy's
-/// `/certs` prints it.
-fn serial_hex(serial: &[u8]) -> String {
-    let start = serial
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(serial.len().saturating_sub(1));
-    serial[start..].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A certificate time: `t` truncated to whole seconds (what X.509 can
-/// hold), both as rcgen wants it and as we report it.
-fn cert_time(t: SystemTime) -> anyhow::Result<(OffsetDateTime, SystemTime)> {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .context("certificate times must be after 1970")?
-        .as_secs();
-    let odt = i64::try_from(secs)
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .with_context(|| format!("certificate time {secs}s after 1970 is out of range"))?;
-    Ok((odt, UNIX_EPOCH + Duration::from_secs(secs)))
 }
 
 #[cfg(test)]

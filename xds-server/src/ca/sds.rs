@@ -6,7 +6,7 @@
 //! SDS socket (mtls-semantics.md, section 5). Like istio-agent we send the
 //! PEM as `inline_bytes`.
 
-use super::WorkloadCert;
+use super::cert::WorkloadCert;
 use envoy_types::pb::envoy::config::core::v3::{DataSource, data_source};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, TlsCertificate, secret,
@@ -57,7 +57,7 @@ fn inline(bytes: &[u8]) -> DataSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::SecretString;
+    use crate::ca::cert::SecretString;
     use prost::Message;
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -135,9 +135,9 @@ fn create(dir: &Path, cert_path: &Path, key_path: &Path, now: SystemTime) -> any
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    params.serial_number = Some(super::random_serial()?.into());
-    let (not_before, _) = super::cert_time(now)?;
-    let (not_after_odt, not_after) = super::cert_time(
+    params.serial_number = Some(super::x509::random_serial()?.into());
+    let (not_before, _) = super::x509::cert_time(now)?;
+    let (not_after_odt, not_after) = super::x509::cert_time(
         now.checked_add(ROOT_LIFETIME)
             .context("root CA expiry is out of range")?,
     )?;

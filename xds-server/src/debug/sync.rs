@@ -1,7 +1,7 @@
 //! Whether a proxy holds what it should, and text renderings for humans.
 
 use crate::ads::{ConnectionStatus, SyncState};
-use crate::cache::ProxyView;
+use crate::view::ProxyView;
 use std::fmt::Write;
 use translator::{ResourceType, Translation};
 

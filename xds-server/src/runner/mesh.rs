@@ -13,15 +13,14 @@ use super::echo::EchoServer;
 use super::envoy::{Admin, EnvoyProcess, EnvoySpec, find_envoy};
 use super::probe::{Outcome, probe, xfcc_uri};
 use super::selector::Selector;
-use crate::ads::ConfigSource;
 use crate::bootstrap::{BootstrapParams, bootstrap_yaml};
-use crate::cache::Settings;
-use crate::cli::{MeshArgs, parse_duration};
+use crate::cli::UpArgs;
 use crate::debug::sync::is_current;
 use crate::identity::{NodeId, Peer};
 use crate::server::{RunningServer, ServerOptions, start};
+use crate::snapshots::Settings;
+use crate::view::ConfigSource;
 use anyhow::{Context, bail};
-use clap::Args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -31,39 +30,6 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use translator::model::build::Addressing;
 use translator::model::{Labels, Mesh};
-
-#[derive(Args, Debug, Clone)]
-pub struct UpArgs {
-    /// Directories or files of Kubernetes YAML; their union is the config (watched).
-    #[arg(required = true)]
-    pub paths: Vec<PathBuf>,
-    /// Print one matrix after convergence and exit (non-zero if it does not converge in --timeout).
-    #[arg(long)]
-    pub once: bool,
-    /// Print results as JSON: {"results":[{"from","to","outcome","mtls"}]}.
-    #[arg(long)]
-    pub json: bool,
-    /// How long to wait for the mesh to converge.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Label selector on client workloads, kubectl syntax (app=sleep, app in (a,b), !canary).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// Label selector on services, kubectl syntax (e.g. app=httpbin).
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Sidecars use delta xDS instead of state of the world.
-    #[arg(long)]
-    pub delta: bool,
-    /// Where bootstraps, Envoy logs and the CA of this run go (default: a new temporary directory).
-    #[arg(long)]
-    pub work_dir: Option<PathBuf>,
-    /// Envoy's --log-level.
-    #[arg(long, default_value = "warn")]
-    pub envoy_log_level: String,
-    #[command(flatten)]
-    pub mesh: MeshArgs,
-}
 
 /// Options of a [`LocalMesh`].
 #[derive(Clone, Debug)]
@@ -185,9 +151,9 @@ impl LocalMesh {
         Ok(mesh)
     }
 
-    fn mesh_state(&self) -> anyhow::Result<std::sync::Arc<crate::cache::State>> {
+    fn mesh_state(&self) -> anyhow::Result<std::sync::Arc<crate::snapshots::State>> {
         self.server
-            .cache
+            .snapshots
             .state()
             .context("the control plane has no configuration")
     }
@@ -284,7 +250,7 @@ impl LocalMesh {
             .iter()
             .filter(|(_, r)| r.envoy.is_some())
             .filter_map(|((ns, pod), _)| {
-                let state = self.server.cache.state()?;
+                let state = self.server.snapshots.state()?;
                 let (_, w) = state.mesh.workload(ns, pod)?;
                 Some(NodeId::format(
                     &w.ip.to_string(),
@@ -300,7 +266,7 @@ impl LocalMesh {
     pub async fn pending(&mut self) -> Option<String> {
         let conns = self.server.registry.snapshot();
         for node in self.node_ids() {
-            let Ok(view) = self.server.cache.view(&node, &Peer::Unauthenticated) else {
+            let Ok(view) = self.server.snapshots.view(&node, &Peer::Unauthenticated) else {
                 return Some(format!("{node}: no view"));
             };
             let Some(c) = conns.iter().find(|c| c.node_id == node) else {
@@ -457,6 +423,34 @@ impl LocalMesh {
             .collect()
     }
 
+    /// Each running Envoy by `pod.namespace`: its process id and when it
+    /// was spawned.
+    pub fn envoy_processes(&self) -> BTreeMap<String, (u32, std::time::Instant)> {
+        let mut out = BTreeMap::new();
+        for ((ns, pod), r) in &self.running {
+            if let Some((p, _)) = &r.envoy
+                && let Some(pid) = p.pid()
+            {
+                out.insert(format!("{pod}.{ns}"), (pid, p.started_at()));
+            }
+        }
+        out
+    }
+
+    /// The sidecars whose Envoy process has exited, by `pod.namespace`,
+    /// with the exit status and the end of its log.
+    pub async fn exited_envoys(&mut self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for ((ns, pod), r) in &mut self.running {
+            if let Some((p, _)) = &mut r.envoy
+                && let Err(e) = p.check_running().await
+            {
+                out.insert(format!("{pod}.{ns}"), e.to_string());
+            }
+        }
+        out
+    }
+
     pub fn sidecar_count(&self) -> usize {
         self.running.values().filter(|r| r.envoy.is_some()).count()
     }
@@ -553,6 +547,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None => std::env::temp_dir().join(format!("xds-up-{}", std::process::id())),
     };
     let cleanup = args.work_dir.is_none();
+    std::fs::create_dir_all(&work_dir)
+        .with_context(|| format!("creating {}", work_dir.display()))?;
+    if args.verbose || crate::logging::requested() {
+        crate::logging::to_stderr("info");
+    } else {
+        let log = work_dir.join("xds-server.log");
+        crate::logging::to_file(&log, "info")?;
+        eprintln!("control plane logs: {} (-v shows them here)", log.display());
+    }
     // Listen for SIGINT and SIGTERM before anything is started, so every
     // Envoy is stopped however the runner is asked to end.
     let mut signals = Signals::new()?;
@@ -587,8 +590,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         }
     };
     mesh.stop().await;
-    if cleanup {
+    // A temporary work dir goes away after a good run; after a failed one
+    // its logs are what the user needs next.
+    let succeeded = matches!(&result, Ok(code) if *code == ExitCode::SUCCESS);
+    if cleanup && succeeded {
         let _ = std::fs::remove_dir_all(&work_dir);
+    } else if cleanup {
+        eprintln!("kept {} for its logs", work_dir.display());
     }
     result
 }
@@ -640,7 +648,7 @@ async fn run_up(mesh: &mut LocalMesh, args: &UpArgs, started: Instant) -> anyhow
             .collect::<Vec<_>>()
             .join(" ")
     );
-    let mut changes = mesh.server.cache.changes();
+    let mut changes = mesh.server.snapshots.changes();
     loop {
         tokio::select! {
             changed = changes.changed() => {

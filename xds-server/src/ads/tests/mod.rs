@@ -12,9 +12,10 @@ mod delta;
 mod sotw;
 
 use super::*;
-use crate::cache::ProxyView;
 use crate::identity::{Identity, Peer, ProxyId};
+use crate::view::{ProxyView, ViewError};
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -22,10 +23,12 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::watch;
+use translator::ResourceType;
 use translator::{ProxyResources, Resource, ResourceMap};
 
 pub(super) const NODE: &str = "sidecar~10.0.0.5~httpbin-0.foo~foo.svc.cluster.local";

@@ -1,0 +1,292 @@
+//! One ADS stream, whichever protocol variant it speaks: identify the node
+//! from its first request, register it, then serve requests and config
+//! changes as they come ([`drive`]). `sotw.rs` and `delta.rs` implement
+//! [`Variant`] on top of the [`Session`] kept here.
+
+use super::registry::{ConnectionId, ConnectionStatus, Registry, TypeStatus};
+use super::stats::Stats;
+use crate::identity::Peer;
+use crate::view::{ConfigSource, ProxyView, ViewError};
+use envoy_types::pb::envoy::config::core::v3::Node;
+use futures::{Stream, StreamExt};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+use tonic::metadata::MetadataMap;
+use tonic::{Extensions, Status};
+use translator::ResourceType;
+
+/// The gRPC status a stream ends with when its node cannot be served; the
+/// message is the error text, so the reason shows up in Envoy's log.
+pub fn status_of(error: &ViewError) -> Status {
+    let message = error.to_string();
+    match error {
+        ViewError::BadNodeId(_) => Status::invalid_argument(message),
+        ViewError::UnknownWorkload { .. } => Status::not_found(message),
+        ViewError::IdentityMismatch { .. } => Status::permission_denied(message),
+        ViewError::NotReady | ViewError::CertificateUnavailable(_) => Status::unavailable(message),
+    }
+}
+
+/// Decides what the transport proved about a stream's peer, from the
+/// request's metadata and extensions. The mTLS transport will insert what it
+/// verified; the ADS server itself never trusts anything the client sends.
+pub type PeerResolver = Arc<dyn Fn(&MetadataMap, &Extensions) -> Peer + Send + Sync>;
+
+/// What every stream task shares.
+pub(super) struct Shared<S> {
+    pub(super) source: Arc<S>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) stats: Arc<Stats>,
+    pub(super) peer_of: PeerResolver,
+}
+
+/// One protocol variant (state of the world or delta) of an identified
+/// stream; [`drive`] runs the loop common to both.
+pub(super) trait Variant<S: ConfigSource>: Sized + Send {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// Whether this is the delta variant (for the registry).
+    const DELTA: bool;
+
+    /// The node a request names (Envoy sets it at least on the first).
+    fn node(request: &Self::Request) -> Option<&Node>;
+    fn new(session: Session<S, Self::Response>) -> Self;
+    fn session(&self) -> &Session<S, Self::Response>;
+    /// Handles one request that arrived at `at`.
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+        at: Instant,
+    ) -> impl Future<Output = Result<(), Ended>> + Send;
+    /// Handles a tick of [`ConfigSource::changes`].
+    fn on_change(&mut self) -> impl Future<Output = Result<(), Ended>> + Send;
+}
+
+/// Runs one stream until the proxy goes away or the stream is ended with a
+/// status: identify the node from the first request, then serve requests
+/// and config changes as they come, whichever is first.
+pub(super) async fn drive<S, P, In>(
+    shared: Arc<Shared<S>>,
+    id: ConnectionId,
+    mut requests: In,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+    peer: Peer,
+) where
+    S: ConfigSource,
+    P: Variant<S>,
+    In: Stream<Item = Result<P::Request, Status>> + Send + Unpin + 'static,
+{
+    let first = match requests.next().await {
+        Some(Ok(first)) => first,
+        Some(Err(status)) => {
+            tracing::debug!(%status, "stream failed before its first request");
+            return;
+        }
+        None => return,
+    };
+    let accepted = Session::accept(shared, id, P::node(&first), peer, P::DELTA, tx).await;
+    let Ok((session, mut changes)) = accepted else {
+        return;
+    };
+    let mut stream = P::new(session);
+    if stream.on_request(first, Instant::now()).await.is_err() {
+        return;
+    }
+    let mut watching = true;
+    loop {
+        tokio::select! {
+            request = requests.next() => match request {
+                Some(Ok(request)) => {
+                    if stream.on_request(request, Instant::now()).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Err(status)) => {
+                    tracing::debug!(%status, "request stream ended with an error");
+                    break;
+                }
+                None => break,
+            },
+            changed = changes.changed(), if watching => match changed {
+                Ok(()) => {
+                    changes.borrow_and_update();
+                    if stream.on_change().await.is_err() {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!("config source dropped its change signal");
+                    watching = false;
+                }
+            },
+            () = stream.session().closed() => break,
+        }
+    }
+}
+
+/// The stream is over: the proxy went away, or we ended it with a status.
+#[derive(Debug)]
+pub(super) struct Ended;
+
+/// Removes a connection from the registry and the gauge however its task
+/// ends (return, error or cancellation).
+struct Registered<S> {
+    shared: Arc<Shared<S>>,
+    id: ConnectionId,
+}
+
+impl<S> Drop for Registered<S> {
+    fn drop(&mut self) {
+        self.shared.registry.remove(self.id);
+        self.shared.stats.stream_closed();
+        tracing::info!("proxy disconnected");
+    }
+}
+
+/// What both protocol variants need of an identified stream: who it is, its
+/// current view, its response queue and nonce counter.
+pub(super) struct Session<S: ConfigSource, R> {
+    pub(super) shared: Arc<Shared<S>>,
+    pub(super) id: ConnectionId,
+    pub(super) node_id: String,
+    pub(super) peer: Peer,
+    pub(super) view: Arc<ProxyView>,
+    pub(super) tx: mpsc::Sender<Result<R, Status>>,
+    pub(super) nonce: u64,
+    pub(super) warned_types: HashSet<String>,
+    _registered: Registered<S>,
+}
+
+impl<S: ConfigSource, R> Session<S, R> {
+    /// Identifies the stream from its first request and registers it, or
+    /// ends it with a status saying why it cannot be served. Returns the
+    /// change signal, already marked seen as of the view it fetched.
+    pub(super) async fn accept(
+        shared: Arc<Shared<S>>,
+        id: ConnectionId,
+        node: Option<&Node>,
+        peer: Peer,
+        delta: bool,
+        tx: mpsc::Sender<Result<R, Status>>,
+    ) -> Result<(Self, watch::Receiver<u64>), Ended> {
+        let node_id = node.map(|n| n.id.clone()).unwrap_or_default();
+        if node_id.is_empty() {
+            tracing::warn!("refusing ADS stream: the first request carries no node.id");
+            shared.stats.stream_rejected();
+            let status =
+                Status::invalid_argument("the first request on an ADS stream must carry node.id");
+            let _ = tx.send(Err(status)).await;
+            return Err(Ended);
+        }
+        tracing::Span::current().record("node", node_id.as_str());
+        let mut changes = shared.source.changes();
+        changes.borrow_and_update();
+        let view = match shared.source.view(&node_id, &peer) {
+            Ok(view) => view,
+            Err(error) => {
+                tracing::warn!(node = %node_id, %error, "refusing ADS stream");
+                shared.stats.stream_rejected();
+                let _ = tx.send(Err(status_of(&error))).await;
+                return Err(Ended);
+            }
+        };
+        shared.registry.insert(ConnectionStatus {
+            id,
+            node_id: node_id.clone(),
+            proxy: view.proxy.clone(),
+            identity: view.identity.clone(),
+            connected_at: SystemTime::now(),
+            delta,
+            types: BTreeMap::new(),
+        });
+        shared.stats.stream_opened();
+        tracing::info!(proxy = %view.proxy, identity = %view.identity, "proxy connected");
+        let registered = Registered {
+            shared: Arc::clone(&shared),
+            id,
+        };
+        let session = Session {
+            shared,
+            id,
+            node_id,
+            peer,
+            view,
+            tx,
+            nonce: 0,
+            warned_types: HashSet::new(),
+            _registered: registered,
+        };
+        Ok((session, changes))
+    }
+
+    /// A nonce unique within this stream.
+    pub(super) fn next_nonce(&mut self) -> String {
+        self.nonce += 1;
+        self.nonce.to_string()
+    }
+
+    /// Queues a response, waiting while the proxy is slow to read.
+    pub(super) async fn send(&self, response: R) -> Result<(), Ended> {
+        self.tx.send(Ok(response)).await.map_err(|_| Ended)
+    }
+
+    /// Ends the stream with `status`.
+    pub(super) async fn fail(&self, status: Status) -> Ended {
+        let _ = self.tx.send(Err(status)).await;
+        Ended
+    }
+
+    /// Resolves when the proxy stopped reading responses.
+    pub(super) async fn closed(&self) {
+        self.tx.closed().await;
+    }
+
+    /// Fetches the current view after a change. `Ok(true)` if it differs
+    /// from the one held. While the source is not ready the last good view
+    /// is kept (never an empty config); any other error ends the stream.
+    pub(super) fn refresh(&mut self) -> Result<bool, Status> {
+        match self.shared.source.view(&self.node_id, &self.peer) {
+            Ok(view) => {
+                if Arc::ptr_eq(&view, &self.view) {
+                    return Ok(false);
+                }
+                if view.proxy != self.view.proxy || view.identity != self.view.identity {
+                    self.shared
+                        .registry
+                        .set_proxy(self.id, &view.proxy, &view.identity);
+                }
+                self.view = view;
+                Ok(true)
+            }
+            Err(ViewError::NotReady) => {
+                tracing::warn!("config source not ready; keeping the last view");
+                Ok(false)
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.node_id, %error, "ending ADS stream: node can no longer be served");
+                Err(status_of(&error))
+            }
+        }
+    }
+
+    /// Logs an unknown type URL once per stream; the request is ignored.
+    /// Remembers a bounded number of URLs, so a misbehaving client cannot
+    /// grow the stream's memory (past the bound it is simply not logged).
+    pub(super) fn unknown_type(&mut self, type_url: &str) {
+        const REMEMBERED: usize = 32;
+        if self.warned_types.len() < REMEMBERED && self.warned_types.insert(type_url.to_string()) {
+            tracing::warn!(%type_url, "ignoring request for a type this server does not serve");
+        }
+    }
+
+    /// Mirrors one type's state into the registry.
+    pub(super) fn publish(&self, kind: ResourceType, status: &TypeStatus) {
+        self.shared.registry.set_type(self.id, kind, status);
+    }
+
+    pub(super) fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+}
