@@ -8,11 +8,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
-use super::http1::{End, read_response};
+use super::probe::{BodyError, GetError, error_chain, get, io_source};
 
 /// Failures talking to an Envoy admin API.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +63,8 @@ pub enum AdminError {
 }
 
 /// A tiny client for Envoy's admin API: one `Connection: close` HTTP/1.1
-/// request per call, written by hand so tests depend on nothing but tokio.
+/// request per call (hyper, through [`super::probe`]'s `get`), so no pooled
+/// connection outlives the Envoy it was opened to.
 #[derive(Debug, Clone)]
 pub struct Admin {
     addr: SocketAddr,
@@ -108,48 +107,38 @@ impl Admin {
             path: path.to_string(),
             after: started.elapsed(),
         };
-        let mut stream = timeout_at(deadline, TcpStream::connect(addr))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|source| AdminError::Connect { addr, source })?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        timeout_at(deadline, stream.write_all(request.as_bytes()))
-            .await
-            .map_err(|_| timed_out())?
-            .map_err(|source| AdminError::Io {
+        // A socket error is `Io`; anything else hyper rejects (a close
+        // mid-response, which hyper reports as an `UnexpectedEof` io error,
+        // bytes that are not HTTP, an oversized body) is `Malformed`.
+        let failed = |error: &(dyn std::error::Error + 'static)| match io_source(error) {
+            Some(io) if io.kind() != io::ErrorKind::UnexpectedEof => AdminError::Io {
                 addr,
                 path: path.to_string(),
-                source,
-            })?;
-        let received = read_response(&mut stream, deadline).await;
-        let malformed = |reason: String| AdminError::Malformed {
-            addr,
-            path: path.to_string(),
-            reason,
+                source: io::Error::new(io.kind(), error_chain(error)),
+            },
+            _ => AdminError::Malformed {
+                addr,
+                path: path.to_string(),
+                reason: error_chain(error),
+            },
         };
-        match received.end {
-            End::Complete => {}
-            End::Deadline => return Err(timed_out()),
-            End::Io(source) => {
-                return Err(AdminError::Io {
+        let response = match get(addr, &addr.to_string(), path, deadline).await {
+            Ok(response) => response,
+            Err(GetError::Connect(source)) => return Err(AdminError::Connect { addr, source }),
+            Err(GetError::Timeout) => return Err(timed_out()),
+            Err(GetError::Request(reason)) => {
+                return Err(AdminError::Malformed {
                     addr,
                     path: path.to_string(),
-                    source,
+                    reason: format!("cannot build request: {reason}"),
                 });
             }
-            End::Eof => {
-                return Err(malformed(format!(
-                    "connection closed after {} bytes, response incomplete",
-                    received.received
-                )));
-            }
-            End::Malformed(reason) => return Err(malformed(reason)),
-        }
-        match (received.head, received.body) {
-            (Some(head), Some(body)) => {
-                Ok((head.status, String::from_utf8_lossy(&body).into_owned()))
-            }
-            _ => Err(malformed("response incomplete".to_string())),
+            Err(GetError::Http(error)) => return Err(failed(&error)),
+        };
+        match response.body {
+            Ok(body) => Ok((response.status, String::from_utf8_lossy(&body).into_owned())),
+            Err(BodyError::Timeout) => Err(timed_out()),
+            Err(BodyError::Failed(error)) => Err(failed(error.as_ref())),
         }
     }
 
@@ -308,7 +297,7 @@ fn parse_duration_secs(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     #[test]
@@ -367,5 +356,49 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(matches!(err, AdminError::NotReady { .. }), "{err}");
         assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn admin_errors_say_what_went_wrong() {
+        let (addr, server) = fake_admin(vec![
+            "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\ncut short",
+            "not http at all\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\nnope",
+        ])
+        .await;
+        let admin = Admin::new(addr);
+        let err = admin.get("/a").await.expect_err("truncated");
+        assert!(matches!(err, AdminError::Malformed { .. }), "{err}");
+        let err = admin.get("/b").await.expect_err("garbage");
+        assert!(matches!(err, AdminError::Malformed { .. }), "{err}");
+        let err = admin.get_ok("/c").await.expect_err("404");
+        assert!(
+            matches!(&err, AdminError::Status { status: 404, body, .. } if body == "nope"),
+            "{err}"
+        );
+        server.await.expect("server");
+    }
+
+    #[tokio::test]
+    async fn admin_requests_are_bounded_by_the_request_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            let (conn, _) = listener.accept().await.expect("accept");
+            // Silent until the test is done.
+            let _ = done_rx.await;
+            drop(conn);
+        });
+        let started = Instant::now();
+        let err = Admin::new(addr)
+            .with_request_timeout(Duration::from_millis(200))
+            .get("/ready")
+            .await
+            .expect_err("silent peer");
+        assert!(matches!(err, AdminError::Timeout { .. }), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let _ = done_tx.send(());
+        server.await.expect("server");
     }
 }

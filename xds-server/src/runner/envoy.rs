@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
@@ -180,6 +182,8 @@ pub struct EnvoyProcess {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Just before the process was spawned.
+    started_at: std::time::Instant,
 }
 
 impl EnvoyProcess {
@@ -208,6 +212,8 @@ impl EnvoyProcess {
             .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true);
+        // Taken before the spawn: Envoy cannot have started any earlier.
+        let started_at = std::time::Instant::now();
         let child = command.spawn().map_err(|source| EnvoyError::Spawn {
             binary: spec.binary.clone(),
             source,
@@ -223,12 +229,19 @@ impl EnvoyProcess {
             name: spec.name.clone(),
             child,
             log,
+            started_at,
         })
     }
 
     /// The OS process id, or `None` once the process has been reaped.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// When the process was spawned (taken just before; Envoy starts
+    /// counting its own uptime a little later).
+    pub fn started_at(&self) -> std::time::Instant {
+        self.started_at
     }
 
     pub fn name(&self) -> &str {
@@ -289,16 +302,18 @@ impl EnvoyProcess {
             return Ok(status);
         }
         if let Some(pid) = self.child.id() {
-            // `kill(1)` rather than libc: this workspace forbids unsafe code.
-            let term = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .await;
+            // nix's safe kill(2) wrapper: no unsafe code (forbidden here). The
+            // child is not reaped yet, so the pid cannot have been reused.
+            // `try_from`, not `as`: a wrapped (negative) pid would signal a
+            // whole process group.
+            let term = match i32::try_from(pid) {
+                Ok(raw) => {
+                    signal::kill(Pid::from_raw(raw), Signal::SIGTERM).map_err(|e| e.to_string())
+                }
+                Err(_) => Err("pid does not fit pid_t".to_string()),
+            };
             match term {
-                Ok(status) if status.success() => {
+                Ok(()) => {
                     if let Ok(waited) = tokio::time::timeout(STOP_GRACE, self.child.wait()).await {
                         let status = waited?;
                         tracing::info!(name = %self.name, %status, "envoy stopped");
@@ -306,8 +321,7 @@ impl EnvoyProcess {
                     }
                     tracing::warn!(name = %self.name, pid, "envoy ignored SIGTERM; killing");
                 }
-                Ok(status) => tracing::warn!(name = %self.name, pid, %status, "kill -TERM failed"),
-                Err(error) => tracing::warn!(name = %self.name, pid, %error, "cannot run kill"),
+                Err(error) => tracing::warn!(name = %self.name, pid, %error, "cannot send SIGTERM"),
             }
         }
         self.child.kill().await?;

@@ -9,9 +9,10 @@
 
 mod admin;
 pub mod echo;
+#[cfg(test)]
+mod echo_probe_tests;
 pub mod envoy;
 pub mod explain;
-mod http1;
 pub mod mesh;
 pub mod probe;
 pub mod selector;

@@ -1,36 +1,46 @@
-//! The probe client: one plain HTTP/1.1 request over a raw TCP connection,
-//! classified the way a connectivity matrix needs it.
+//! The probe client: one plain HTTP/1.1 `GET`, classified the way a
+//! connectivity matrix needs it. It also holds the small hyper-based `GET`
+//! shared with the Envoy admin client (`get`).
 //!
 //! Mesh tests assert *how* a call fails, not only that it failed: a plaintext
 //! client hitting a STRICT mTLS port sees its connection reset (curl exit 56),
-//! a port nobody listens on refuses, a black-holed route times out. A real
-//! HTTP client folds these into one error type, so the request is written by
-//! hand and the response read by [`super::http1`].
+//! a port nobody listens on refuses, a black-holed route times out. hyper
+//! folds these into one error type, so `classify` walks the error's source
+//! chain to the `io::Error` underneath and its kind.
 
+use std::error::Error as StdError;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::header::{CONNECTION, HOST, HeaderValue};
+use hyper::{HeaderMap, Request};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, timeout_at};
 
-use super::http1::{End, read_response};
+/// Response bodies larger than this are refused, so a misbehaving peer cannot
+/// make a test allocate without bound. A large mesh's `/config_dump` is a few
+/// MB.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a probe ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// A status line arrived; this is its code.
+    /// A response head arrived; this is its status code.
     Status(u16),
-    /// The connection was reset, or closed, before a complete status line
+    /// The connection was reset, or closed, before a complete response head
     /// (curl exit 56 / 52), or the peer answered with bytes that are not
     /// HTTP (for example a TLS alert).
     Reset,
     /// The connection was refused (nothing listens there).
     Refused,
-    /// The overall timeout passed before a status line arrived.
+    /// The overall timeout passed before a response head arrived.
     Timeout,
     /// Any other failure to connect or send, such as an unreachable address.
     /// Kept apart so it is never mistaken for a policy decision.
@@ -59,7 +69,8 @@ pub struct ProbeResult {
     /// The `X-Forwarded-Client-Cert` value the application received, taken
     /// from the echoed `headers` object (key matched case-insensitively).
     pub xfcc: Option<String>,
-    /// Response headers as received, in order; empty when no full head came.
+    /// Response headers in arrival order, names lower-cased (as hyper
+    /// normalises them); empty when no response head came.
     pub response_headers: Vec<(String, String)>,
     /// The response body (lossy UTF-8); empty when none arrived completely.
     pub body: String,
@@ -104,72 +115,203 @@ pub async fn probe(
     timeout: Duration,
 ) -> ProbeResult {
     let deadline = Instant::now() + timeout;
-    let result = probe_until(connect_to, host_header, path, deadline).await;
+    let result = match get(connect_to, host_header, path, deadline).await {
+        Ok(response) => from_response(connect_to, response),
+        Err(error) => ProbeResult::bare(classify(connect_to, &error)),
+    };
     tracing::debug!(%connect_to, host = host_header, path, outcome = %result.outcome, "probe");
     result
 }
 
-async fn probe_until(
-    connect_to: SocketAddr,
-    host_header: &str,
-    path: &str,
-    deadline: Instant,
-) -> ProbeResult {
-    let mut stream = match timeout_at(deadline, TcpStream::connect(connect_to)).await {
-        Err(_elapsed) => return ProbeResult::bare(Outcome::Timeout),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            return ProbeResult::bare(Outcome::Refused);
+fn from_response(connect_to: SocketAddr, response: Fetched) -> ProbeResult {
+    let mut result = ProbeResult::bare(Outcome::Status(response.status));
+    result.response_headers = response
+        .headers
+        .iter()
+        .map(|(k, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (k.as_str().to_string(), value)
+        })
+        .collect();
+    match response.body {
+        Ok(body) => {
+            result.headers_json = serde_json::from_slice::<Value>(&body).ok();
+            result.xfcc = result.headers_json.as_ref().and_then(echoed_xfcc);
+            result.body = String::from_utf8_lossy(&body).into_owned();
         }
-        Ok(Err(e)) if is_reset(&e) => return ProbeResult::bare(Outcome::Reset),
-        Ok(Err(e)) => return ProbeResult::bare(Outcome::Error(format!("connect: {e}"))),
-        Ok(Ok(stream)) => stream,
-    };
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host_header}\r\nConnection: close\r\n\r\n");
-    match timeout_at(deadline, stream.write_all(request.as_bytes())).await {
-        Err(_elapsed) => return ProbeResult::bare(Outcome::Timeout),
-        // A peer that closes at once may reset us while we write; what it
-        // sent before closing (if anything) is still worth reading.
-        Ok(Err(e)) if is_reset(&e) => {}
-        Ok(Err(e)) => return ProbeResult::bare(Outcome::Error(format!("send: {e}"))),
-        Ok(Ok(())) => {}
-    }
-
-    let received = read_response(&mut stream, deadline).await;
-    let Some(status) = received.status else {
-        let outcome = match received.end {
-            End::Deadline => Outcome::Timeout,
-            End::Eof | End::Complete => Outcome::Reset,
-            End::Io(e) if is_reset(&e) => Outcome::Reset,
-            End::Io(e) => Outcome::Error(format!("receive: {e}")),
-            End::Malformed(reason) => {
-                tracing::debug!(%connect_to, %reason, "probe got a non-HTTP answer; counting it as reset");
-                Outcome::Reset
-            }
-        };
-        return ProbeResult::bare(outcome);
-    };
-
-    let mut result = ProbeResult::bare(Outcome::Status(status));
-    if let Some(head) = received.head {
-        result.response_headers = head.headers;
-    }
-    if let Some(body) = received.body {
-        result.headers_json = serde_json::from_slice::<Value>(&body).ok();
-        result.xfcc = result.headers_json.as_ref().and_then(echoed_xfcc);
-        result.body = String::from_utf8_lossy(&body).into_owned();
+        // The status is what the matrix asserts; a body cut short does not
+        // change it, so it is only logged.
+        Err(error) => {
+            tracing::debug!(%connect_to, %error, "probe got a status but no complete body");
+        }
     }
     result
 }
 
-fn is_reset(e: &io::Error) -> bool {
+/// Maps a failure before any response head to an outcome.
+fn classify(connect_to: SocketAddr, error: &GetError) -> Outcome {
+    match error {
+        GetError::Timeout => Outcome::Timeout,
+        GetError::Connect(e) if e.kind() == io::ErrorKind::ConnectionRefused => Outcome::Refused,
+        GetError::Connect(e) if is_reset(e.kind()) => Outcome::Reset,
+        GetError::Connect(e) => Outcome::Error(format!("connect: {e}")),
+        GetError::Request(reason) => Outcome::Error(format!("request: {reason}")),
+        GetError::Http(e) => match io_source(e).map(io::Error::kind) {
+            Some(io::ErrorKind::ConnectionRefused) => Outcome::Refused,
+            Some(kind) if is_reset(kind) => Outcome::Reset,
+            Some(_) => Outcome::Error(format!("receive: {}", error_chain(e))),
+            // Closed (FIN) before a complete head, like curl's "empty reply
+            // from server". Canceled/closed: the connection ended before our
+            // queued request could be sent.
+            None if e.is_incomplete_message() || e.is_canceled() || e.is_closed() => Outcome::Reset,
+            None if e.is_parse() => {
+                tracing::debug!(%connect_to, error = %error_chain(e), "probe got a non-HTTP answer; counting it as reset");
+                Outcome::Reset
+            }
+            None => Outcome::Error(format!("receive: {}", error_chain(e))),
+        },
+    }
+}
+
+fn is_reset(kind: io::ErrorKind) -> bool {
     matches!(
-        e.kind(),
+        kind,
         io::ErrorKind::ConnectionReset
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::BrokenPipe
             | io::ErrorKind::UnexpectedEof
     )
+}
+
+/// A response whose head arrived; see [`get`].
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub status: u16,
+    pub headers: HeaderMap,
+    /// The whole body, or why it did not arrive completely in time.
+    pub body: Result<Bytes, BodyError>,
+}
+
+/// Why a body did not arrive completely.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("no complete body before the deadline")]
+    Timeout,
+    /// The connection failed mid-body, or the body exceeded
+    /// [`MAX_RESPONSE_BYTES`]; hyper's error is inside.
+    #[error("{}", error_chain(.0.as_ref()))]
+    Failed(Box<dyn StdError + Send + Sync>),
+}
+
+/// Why no response head arrived; see [`get`].
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GetError {
+    #[error("cannot connect: {0}")]
+    Connect(io::Error),
+    #[error("no response before the deadline")]
+    Timeout,
+    /// The path or `Host` value cannot go into a request.
+    #[error("cannot build request: {0}")]
+    Request(String),
+    #[error("{}", error_chain(.0))]
+    Http(hyper::Error),
+}
+
+/// Aborts the spawned connection task when dropped, so a request given up on
+/// (deadline, error) does not leave a connection open behind it.
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One `GET path` with `Host: host` and `Connection: close` on a fresh
+/// connection to `addr`, over hyper's HTTP/1.1 client; everything (connect,
+/// head, body) must happen before `deadline`.
+///
+/// A fresh connection per call keeps each probe independent: no pooled
+/// connection can carry one result (or a reset) into the next.
+pub(crate) async fn get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    deadline: Instant,
+) -> Result<Fetched, GetError> {
+    let request = Request::get(path)
+        .header(
+            HOST,
+            HeaderValue::from_str(host).map_err(|e| GetError::Request(e.to_string()))?,
+        )
+        .header(CONNECTION, HeaderValue::from_static("close"))
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| GetError::Request(e.to_string()))?;
+    let stream = timeout_at(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| GetError::Timeout)?
+        .map_err(GetError::Connect)?;
+    let handshake = hyper::client::conn::http1::handshake(TokioIo::new(stream));
+    let (mut sender, connection) = timeout_at(deadline, handshake)
+        .await
+        .map_err(|_| GetError::Timeout)?
+        .map_err(GetError::Http)?;
+    // Queue the request before the connection task first runs: a peer that
+    // closes at once then fails *this request* with the real io error,
+    // rather than making the sender report a bare "connection closed".
+    let response = sender.send_request(request);
+    let task = tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::trace!(%addr, error = %error_chain(&error), "http connection ended with an error");
+        }
+    });
+    let _abort = AbortOnDrop(task.abort_handle());
+
+    let response = timeout_at(deadline, response)
+        .await
+        .map_err(|_| GetError::Timeout)?
+        .map_err(GetError::Http)?;
+    let (head, body) = response.into_parts();
+    let body = match timeout_at(deadline, Limited::new(body, MAX_RESPONSE_BYTES).collect()).await {
+        Err(_elapsed) => Err(BodyError::Timeout),
+        Ok(Err(error)) => Err(BodyError::Failed(error)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    };
+    Ok(Fetched {
+        status: head.status.as_u16(),
+        headers: head.headers,
+        body,
+    })
+}
+
+/// The first `io::Error` in an error's source chain (hyper wraps the one
+/// from the socket).
+pub(crate) fn io_source<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a io::Error> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// An error and its sources joined with `: `, since hyper's own message
+/// ("connection error") alone says little.
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        let more = e.to_string();
+        // Some wrappers repeat their source's message; do not say it twice.
+        if !text.ends_with(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        current = e.source();
+    }
+    text
 }
 
 /// Finds the XFCC header in an httpbin-style `{"headers": {...}}` body. A
@@ -256,40 +398,10 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::echo::EchoServer;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     const SHORT: Duration = Duration::from_secs(5);
-
-    async fn echo() -> EchoServer {
-        EchoServer::start(vec!["127.0.0.1:0".parse().expect("addr")], "echo-a")
-            .await
-            .expect("start echo")
-    }
-
-    #[tokio::test]
-    async fn probe_gets_200_and_the_echoed_headers() {
-        let server = echo().await;
-        let addr = server.local_addrs()[0];
-        let got = probe(addr, "echo.test.svc:8080", "/headers", SHORT).await;
-        assert_eq!(got.outcome, Outcome::Status(200));
-        let json = got.headers_json.as_ref().expect("json body");
-        assert_eq!(json["headers"]["Host"], "echo.test.svc:8080");
-        assert_eq!(json["headers"]["Connection"], "close");
-        assert_eq!(got.xfcc, None);
-        assert_eq!(got.header("x-echo-name"), Some("echo-a"));
-        server.stop().await;
-    }
-
-    #[tokio::test]
-    async fn probe_reports_the_status_the_app_returns() {
-        let server = echo().await;
-        let got = probe(server.local_addrs()[0], "x", "/status/503", SHORT).await;
-        assert_eq!(got.outcome, Outcome::Status(503));
-        assert_eq!(got.outcome.to_string(), "503");
-        server.stop().await;
-    }
 
     #[tokio::test]
     async fn probe_to_a_closed_port_is_refused() {
@@ -323,6 +435,72 @@ mod tests {
         assert_eq!(second.outcome, Outcome::Reset);
         assert_eq!(first.outcome.to_string(), "reset");
         server.await.expect("server task");
+    }
+
+    /// Answers each connection with one canned byte string (after reading
+    /// the request), then closes it.
+    async fn canned(responses: Vec<&'static [u8]>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            for response in responses {
+                let (mut conn, _) = listener.accept().await.expect("accept");
+                let mut buf = [0u8; 1024];
+                let _ = conn.read(&mut buf).await;
+                let _ = conn.write_all(response).await;
+            }
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn probe_counts_a_non_http_answer_as_reset() {
+        // A TLS alert, as a STRICT mTLS port may send to a plaintext client.
+        let (addr, server) = canned(vec![b"\x15\x03\x01\x00\x02\x02\x46"]).await;
+        let got = probe(addr, "x", "/", SHORT).await;
+        assert_eq!(got.outcome, Outcome::Reset);
+        server.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn probe_keeps_the_status_when_the_body_is_cut_short() {
+        let (addr, server) = canned(vec![
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\nabc",
+        ])
+        .await;
+        let got = probe(addr, "x", "/", SHORT).await;
+        assert_eq!(got.outcome, Outcome::Status(503));
+        assert_eq!(got.body, "");
+        assert_eq!(got.header("content-length"), Some("10"));
+        server.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn probe_reads_chunked_and_eof_delimited_bodies() {
+        let (addr, server) = canned(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nServer: envoy\r\n\r\n\
+              4;ext=1\r\nLIVE\r\n1\r\n\n\r\n0\r\nx-trailer: y\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n{\"headers\":{\"X-Forwarded-Client-Cert\":\"URI=spiffe://a\"}}",
+        ])
+        .await;
+        let chunked = probe(addr, "x", "/", SHORT).await;
+        assert_eq!(chunked.outcome, Outcome::Status(200));
+        assert_eq!(chunked.body, "LIVE\n");
+        assert_eq!(chunked.header("Server"), Some("envoy"));
+        let until_eof = probe(addr, "x", "/", SHORT).await;
+        assert_eq!(until_eof.outcome, Outcome::Status(200));
+        assert_eq!(until_eof.xfcc.as_deref(), Some("URI=spiffe://a"));
+        server.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn a_path_that_cannot_be_sent_is_an_error_not_a_policy_outcome() {
+        let got = probe("127.0.0.1:9".parse().expect("addr"), "x", "no slash", SHORT).await;
+        assert!(
+            matches!(got.outcome, Outcome::Error(_)),
+            "{:?}",
+            got.outcome
+        );
     }
 
     #[tokio::test]
