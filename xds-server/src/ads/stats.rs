@@ -1,13 +1,15 @@
-//! Counters the ADS server keeps for `/metrics`.
-//!
-//! Plain atomics rather than a metrics crate: the set is small and fixed,
-//! every stream task bumps them without locking, and the debug server only
-//! needs the Prometheus text format, which [`Stats::render_prometheus`]
-//! writes directly.
+//! Counters the ADS server keeps for `/metrics`, in a `prometheus-client`
+//! registry. The debug server appends its scrape-time metrics and the
+//! OpenMetrics `# EOF` line.
 
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::text::encode_registry;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram;
+use prometheus_client::registry::Registry;
 use std::time::Duration;
+use tracing::warn;
 use translator::ResourceType;
 
 /// Upper bounds (seconds) of the push latency buckets, 1 ms to 10 s.
@@ -15,86 +17,33 @@ pub const LATENCY_BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A fixed-bucket histogram of durations, safe to observe from many tasks.
-///
-/// Counts are stored per bucket (not cumulative) and summed when rendered,
-/// so an observation is a single atomic increment plus the sum and count.
-#[derive(Debug, Default)]
+/// A histogram of durations over [`LATENCY_BUCKETS`], safe to observe from
+/// many tasks. Clones share the same counts.
+#[derive(Debug, Clone)]
 pub struct Histogram {
-    /// One slot per bound in [`LATENCY_BUCKETS`], plus one for `+Inf`.
-    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
+    inner: histogram::Histogram,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            inner: histogram::Histogram::new(LATENCY_BUCKETS),
+        }
+    }
 }
 
 impl Histogram {
     /// Records one observation.
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = LATENCY_BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Number of observations so far.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Sum of all observations.
-    pub fn sum(&self) -> Duration {
-        Duration::from_micros(self.sum_micros.load(Ordering::Relaxed))
-    }
-
-    /// Cumulative counts per bucket bound (the last entry is `+Inf`).
-    pub fn cumulative(&self) -> Vec<(Option<f64>, u64)> {
-        let mut total = 0;
-        let mut out = Vec::with_capacity(self.buckets.len());
-        for (i, b) in self.buckets.iter().enumerate() {
-            total += b.load(Ordering::Relaxed);
-            out.push((LATENCY_BUCKETS.get(i).copied(), total));
-        }
-        out
-    }
-
-    /// Prometheus text for this histogram under `name`.
-    pub fn render(&self, name: &str, help: &str) -> String {
-        let mut s = String::new();
-        let _ = writeln!(s, "# HELP {name} {help}");
-        let _ = writeln!(s, "# TYPE {name} histogram");
-        for (bound, n) in self.cumulative() {
-            match bound {
-                Some(b) => {
-                    let _ = writeln!(s, "{name}_bucket{{le=\"{b}\"}} {n}");
-                }
-                None => {
-                    let _ = writeln!(s, "{name}_bucket{{le=\"+Inf\"}} {n}");
-                }
-            }
-        }
-        let _ = writeln!(s, "{name}_sum {}", self.sum().as_secs_f64());
-        let _ = writeln!(s, "{name}_count {}", self.count());
-        s
+        self.inner.observe(d.as_secs_f64());
     }
 }
 
-/// Server-wide ADS counters, shared (`Arc`) between the stream tasks and the
-/// debug endpoint that serves `/metrics`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    connected: AtomicI64,
-    streams: AtomicU64,
-    rejected_streams: AtomicU64,
-    pushes: [AtomicU64; 5],
-    nacks: [AtomicU64; 5],
-    /// Time from what triggered a response (a config change or a request)
-    /// until the response was accepted by the stream's send queue.
-    pub push_latency: Histogram,
+/// The label set of the per-type families: `type="CDS"` and so on.
+type TypeLabel = [(&'static str, &'static str); 1];
+
+fn type_label(kind: ResourceType) -> TypeLabel {
+    [("type", kind.short())]
 }
 
 /// Index of a type in the per-type counter arrays.
@@ -108,101 +57,133 @@ fn slot(kind: ResourceType) -> usize {
     }
 }
 
+/// One counter per type in `family`, created up front so every type is
+/// rendered (with 0) from the start; the handles share the family's values
+/// and let the hot path skip the family's lock.
+fn per_type(family: &Family<TypeLabel, Counter>) -> [Counter; 5] {
+    let mut out: [Counter; 5] = Default::default();
+    for kind in ResourceType::PUSH_ORDER {
+        out[slot(kind)] = family.get_or_create(&type_label(kind)).clone();
+    }
+    out
+}
+
+/// Server-wide ADS counters, shared (`Arc`) between the stream tasks and the
+/// debug endpoint that serves `/metrics`.
+#[derive(Debug)]
+pub struct Stats {
+    registry: Registry,
+    connected: Gauge,
+    streams: Counter,
+    rejected_streams: Counter,
+    pushes: [Counter; 5],
+    nacks: [Counter; 5],
+    /// Time from what triggered a response (a config change or a request)
+    /// until the response was accepted by the stream's send queue.
+    pub push_latency: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        // prometheus-client appends "." to help texts and "_total" to
+        // counter sample names, so neither is spelled here.
+        let connected = Gauge::default();
+        registry.register(
+            "xds_connected_proxies",
+            "ADS streams open and identified right now",
+            connected.clone(),
+        );
+        let streams = Counter::default();
+        registry.register(
+            "xds_streams",
+            "ADS streams accepted since start",
+            streams.clone(),
+        );
+        let rejected_streams = Counter::default();
+        registry.register(
+            "xds_rejected_streams",
+            "ADS streams refused because the node could not be served",
+            rejected_streams.clone(),
+        );
+        let pushes = Family::<TypeLabel, Counter>::default();
+        registry.register("xds_pushes", "xDS responses sent, by type", pushes.clone());
+        let nacks = Family::<TypeLabel, Counter>::default();
+        registry.register(
+            "xds_nacks",
+            "xDS responses rejected by proxies (NACK), by type",
+            nacks.clone(),
+        );
+        let push_latency = Histogram::default();
+        registry.register(
+            "xds_push_latency_seconds",
+            "Time from a config change or request to the response entering the stream's send queue",
+            push_latency.inner.clone(),
+        );
+        Stats {
+            registry,
+            connected,
+            streams,
+            rejected_streams,
+            pushes: per_type(&pushes),
+            nacks: per_type(&nacks),
+            push_latency,
+        }
+    }
+}
+
 impl Stats {
     /// Proxies with an open, identified ADS stream right now.
     pub fn connected(&self) -> i64 {
-        self.connected.load(Ordering::Relaxed)
+        self.connected.get()
     }
 
     /// Responses sent for `kind` since start.
     pub fn pushes(&self, kind: ResourceType) -> u64 {
-        self.pushes[slot(kind)].load(Ordering::Relaxed)
+        self.pushes[slot(kind)].get()
     }
 
     /// NACKs received for `kind` since start.
     pub fn nacks(&self, kind: ResourceType) -> u64 {
-        self.nacks[slot(kind)].load(Ordering::Relaxed)
+        self.nacks[slot(kind)].get()
     }
 
     /// Streams that were refused because their node could not be served.
     pub fn rejected_streams(&self) -> u64 {
-        self.rejected_streams.load(Ordering::Relaxed)
+        self.rejected_streams.get()
     }
 
     pub(crate) fn stream_opened(&self) {
-        self.connected.fetch_add(1, Ordering::Relaxed);
-        self.streams.fetch_add(1, Ordering::Relaxed);
+        self.connected.inc();
+        self.streams.inc();
     }
 
     pub(crate) fn stream_closed(&self) {
-        self.connected.fetch_sub(1, Ordering::Relaxed);
+        self.connected.dec();
     }
 
     pub(crate) fn stream_rejected(&self) {
-        self.rejected_streams.fetch_add(1, Ordering::Relaxed);
+        self.rejected_streams.inc();
     }
 
     pub(crate) fn record_push(&self, kind: ResourceType, latency: Duration) {
-        self.pushes[slot(kind)].fetch_add(1, Ordering::Relaxed);
+        self.pushes[slot(kind)].inc();
         self.push_latency.observe(latency);
     }
 
     pub(crate) fn record_nack(&self, kind: ResourceType) {
-        self.nacks[slot(kind)].fetch_add(1, Ordering::Relaxed);
+        self.nacks[slot(kind)].inc();
     }
 
-    /// All counters in the Prometheus text exposition format, names prefixed
-    /// `xds_`, ready to be concatenated with other sections of `/metrics`.
+    /// These metrics in the OpenMetrics text format, names prefixed `xds_`,
+    /// without the closing `# EOF` so that other sections can follow.
     pub fn render_prometheus(&self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "# HELP xds_connected_proxies ADS streams open and identified right now."
-        );
-        let _ = writeln!(s, "# TYPE xds_connected_proxies gauge");
-        let _ = writeln!(s, "xds_connected_proxies {}", self.connected());
-
-        let _ = writeln!(
-            s,
-            "# HELP xds_streams_total ADS streams accepted since start."
-        );
-        let _ = writeln!(s, "# TYPE xds_streams_total counter");
-        let _ = writeln!(
-            s,
-            "xds_streams_total {}",
-            self.streams.load(Ordering::Relaxed)
-        );
-
-        let _ = writeln!(
-            s,
-            "# HELP xds_rejected_streams_total ADS streams refused because the node could not be served."
-        );
-        let _ = writeln!(s, "# TYPE xds_rejected_streams_total counter");
-        let _ = writeln!(s, "xds_rejected_streams_total {}", self.rejected_streams());
-
-        let _ = writeln!(s, "# HELP xds_pushes_total xDS responses sent, by type.");
-        let _ = writeln!(s, "# TYPE xds_pushes_total counter");
-        for kind in ResourceType::PUSH_ORDER {
-            let _ = writeln!(
-                s,
-                "xds_pushes_total{{type=\"{kind}\"}} {}",
-                self.pushes(kind)
-            );
+        // Writing to a String only fails if a metric's encoder does; a
+        // partial page is still more useful to a scraper than none.
+        if let Err(e) = encode_registry(&mut s, &self.registry) {
+            warn!(error = %e, "encoding ADS metrics");
         }
-
-        let _ = writeln!(
-            s,
-            "# HELP xds_nacks_total xDS responses rejected by proxies (NACK), by type."
-        );
-        let _ = writeln!(s, "# TYPE xds_nacks_total counter");
-        for kind in ResourceType::PUSH_ORDER {
-            let _ = writeln!(s, "xds_nacks_total{{type=\"{kind}\"}} {}", self.nacks(kind));
-        }
-
-        s.push_str(&self.push_latency.render(
-            "xds_push_latency_seconds",
-            "Time from a config change or request to the response entering the stream's send queue.",
-        ));
         s
     }
 }
@@ -213,28 +194,80 @@ mod tests {
 
     #[test]
     fn ads_histogram_renders_cumulative_buckets() {
-        let h = Histogram::default();
-        h.observe(Duration::from_micros(500));
-        h.observe(Duration::from_millis(20));
-        h.observe(Duration::from_secs(60));
-        let text = h.render("xds_t", "help");
-        assert!(text.contains("# TYPE xds_t histogram"));
-        assert!(text.contains("xds_t_bucket{le=\"0.001\"} 1\n"));
-        assert!(text.contains("xds_t_bucket{le=\"0.025\"} 2\n"));
-        assert!(text.contains("xds_t_bucket{le=\"10\"} 2\n"));
-        assert!(text.contains("xds_t_bucket{le=\"+Inf\"} 3\n"));
-        assert!(text.contains("xds_t_count 3\n"));
+        let s = Stats::default();
+        s.push_latency.observe(Duration::from_micros(500));
+        s.push_latency.observe(Duration::from_millis(20));
+        s.push_latency.observe(Duration::from_secs(60));
+        let text = s.render_prometheus();
+        let name = "xds_push_latency_seconds";
+        assert!(
+            text.contains(&format!("# TYPE {name} histogram\n")),
+            "{text}"
+        );
+        // Same bounds as before the move to prometheus-client.
+        let bounds: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+            .filter_map(|l| l.split('"').next())
+            .map(str::to_string)
+            .collect();
+        let mut want: Vec<String> = LATENCY_BUCKETS.iter().map(|b| format!("{b:?}")).collect();
+        want.push("+Inf".into());
+        assert_eq!(bounds, want);
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"0.001\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"0.025\"}} 2\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"10.0\"}} 2\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 3\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("{name}_count 3\n")), "{text}");
+        assert!(text.contains(&format!("{name}_sum 60.0205\n")), "{text}");
     }
 
     #[test]
     fn ads_stats_render_every_type() {
         let s = Stats::default();
+        s.stream_opened();
+        s.stream_opened();
+        s.stream_closed();
+        s.stream_rejected();
+        s.record_push(ResourceType::Cluster, Duration::from_millis(2));
         s.record_push(ResourceType::Cluster, Duration::from_millis(2));
         s.record_nack(ResourceType::Listener);
+        assert_eq!(s.pushes(ResourceType::Cluster), 2);
+        assert_eq!(s.nacks(ResourceType::Listener), 1);
         let text = s.render_prometheus();
-        assert!(text.contains("xds_pushes_total{type=\"CDS\"} 1\n"));
-        assert!(text.contains("xds_nacks_total{type=\"LDS\"} 1\n"));
-        assert!(text.contains("xds_nacks_total{type=\"SDS\"} 0\n"));
-        assert!(text.contains("# TYPE xds_push_latency_seconds histogram"));
+        for line in [
+            "# HELP xds_connected_proxies ADS streams open and identified right now.\n",
+            "# TYPE xds_connected_proxies gauge\n",
+            "xds_connected_proxies 1\n",
+            "# TYPE xds_streams counter\n",
+            "xds_streams_total 2\n",
+            "xds_rejected_streams_total 1\n",
+            "# HELP xds_pushes xDS responses sent, by type.\n",
+            "xds_pushes_total{type=\"CDS\"} 2\n",
+            "xds_pushes_total{type=\"EDS\"} 0\n",
+            "xds_nacks_total{type=\"LDS\"} 1\n",
+            "xds_nacks_total{type=\"SDS\"} 0\n",
+            "# TYPE xds_push_latency_seconds histogram\n",
+            "xds_push_latency_seconds_bucket{le=\"0.0025\"} 2\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // Every type is rendered once in each per-type family.
+        for family in ["xds_pushes_total{", "xds_nacks_total{"] {
+            assert_eq!(text.matches(family).count(), 5, "{family} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "the debug server closes the page");
     }
 }

@@ -3,14 +3,17 @@
 
 pub mod sync;
 
-use crate::ads::{ConfigSource, Registry, Stats};
-use crate::cache::Cache;
+use crate::ads::{Registry, Stats};
 use crate::identity::{NodeId, Peer};
+use crate::snapshots::Snapshots;
+use crate::view::ConfigSource;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use translator::{ResourceMap, ResourceType, Severity};
 
 #[derive(Clone)]
 pub struct DebugState {
-    pub cache: Arc<Cache>,
+    pub snapshots: Arc<Snapshots>,
     pub registry: Arc<Registry>,
     pub stats: Arc<Stats>,
     pub test_hooks: bool,
@@ -147,7 +150,7 @@ async fn config_dump(State(s): State<DebugState>, Query(q): Query<ProxyQuery>) -
     }
     // Secrets: names and certificate metadata only, never key material.
     if let Some(t) = conn.types.get(&ResourceType::Secret) {
-        let cert = s.cache.cert_info(&conn.identity);
+        let cert = s.snapshots.cert_info(&conn.identity);
         let root = json!({"description": "trust bundle of the built-in CA"});
         let secrets: Vec<Value> = t
             .sent
@@ -176,7 +179,7 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
         .snapshot()
         .into_iter()
         .map(|c| {
-            let current = s.cache.view(&c.node_id, &Peer::Unauthenticated).ok();
+            let current = s.snapshots.view(&c.node_id, &Peer::Unauthenticated).ok();
             let mut types = BTreeMap::new();
             for kind in ResourceType::PUSH_ORDER {
                 let Some(t) = c.types.get(&kind) else {
@@ -206,7 +209,7 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({"generation": s.cache.generation(), "proxies": rows}))
+    Json(json!({"generation": s.snapshots.generation(), "proxies": rows}))
 }
 
 #[derive(serde::Deserialize)]
@@ -216,7 +219,7 @@ struct FormatQuery {
 
 /// `/debug/mtlsz`: which mode is in force where, and why.
 async fn mtlsz(State(s): State<DebugState>, Query(q): Query<FormatQuery>) -> Response {
-    let Some(state) = s.cache.state() else {
+    let Some(state) = s.snapshots.state() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration loaded yet".into(),
@@ -248,7 +251,7 @@ async fn mtlsz(State(s): State<DebugState>, Query(q): Query<FormatQuery>) -> Res
 }
 
 async fn configz(State(s): State<DebugState>) -> Response {
-    let Some(state) = s.cache.state() else {
+    let Some(state) = s.snapshots.state() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no configuration loaded yet".into(),
@@ -273,10 +276,10 @@ async fn configz(State(s): State<DebugState>) -> Response {
     Json(json!({"files": snap.files, "loaded": loaded, "rejected": rejected})).into_response()
 }
 
+/// `/metrics`: the ADS counters, then what the snapshots hold right now.
 async fn metrics(State(s): State<DebugState>) -> Response {
-    let mut out = s.stats.render_prometheus();
     let (objects, rejected, translate_secs) = s
-        .cache
+        .snapshots
         .state()
         .map(|st| {
             (
@@ -286,20 +289,57 @@ async fn metrics(State(s): State<DebugState>) -> Response {
             )
         })
         .unwrap_or_default();
-    out.push_str(&format!(
-        "# HELP xds_config_objects_loaded Config objects in force.\n# TYPE xds_config_objects_loaded gauge\nxds_config_objects_loaded {objects}\n\
-# HELP xds_config_objects_rejected Config objects rejected by validation in the last load.\n# TYPE xds_config_objects_rejected gauge\nxds_config_objects_rejected {rejected}\n\
-# HELP xds_certificates_issued_total Workload certificates issued.\n# TYPE xds_certificates_issued_total counter\nxds_certificates_issued_total {}\n\
-# HELP xds_translate_seconds Duration of the last translation.\n# TYPE xds_translate_seconds gauge\nxds_translate_seconds {translate_secs}\n\
-# HELP xds_config_generation Config and certificate generation.\n# TYPE xds_config_generation counter\nxds_config_generation {}\n",
-        s.cache.certs_issued(),
-        s.cache.generation(),
-    ));
-    ([("content-type", "text/plain; version=0.0.4")], out).into_response()
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    // These are read at scrape time, so a registry of constants per scrape.
+    let mut scrape = prometheus_client::registry::Registry::default();
+    // prometheus-client appends "." to help texts and "_total" to counter
+    // sample names, so neither is spelled here.
+    scrape.register(
+        "xds_config_objects_loaded",
+        "Config objects in force",
+        ConstGauge::new(count(objects)),
+    );
+    scrape.register(
+        "xds_config_objects_rejected",
+        "Config objects rejected by validation in the last load",
+        ConstGauge::new(count(rejected)),
+    );
+    scrape.register(
+        "xds_certificates_issued",
+        "Workload certificates issued",
+        ConstCounter::new(s.snapshots.certs_issued()),
+    );
+    scrape.register(
+        "xds_translate_seconds",
+        "Duration of the last translation",
+        ConstGauge::new(translate_secs),
+    );
+    // A gauge: an OpenMetrics counter's sample must end in `_total`, and
+    // this sample has always been `xds_config_generation`.
+    scrape.register(
+        "xds_config_generation",
+        "Config and certificate generation",
+        ConstGauge::new(i64::try_from(s.snapshots.generation()).unwrap_or(i64::MAX)),
+    );
+    let mut out = s.stats.render_prometheus();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &scrape) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding metrics: {e}"),
+        );
+    }
+    (
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn readyz(State(s): State<DebugState>) -> Response {
-    if s.cache.state().is_some() {
+    if s.snapshots.state().is_some() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "config not loaded\n").into_response()
@@ -315,12 +355,12 @@ async fn inject_invalid(State(s): State<DebugState>, Query(q): Query<ProxyQuery>
     let Ok(id) = NodeId::parse(&node) else {
         return error(StatusCode::BAD_REQUEST, format!("not a node id: {node}"));
     };
-    s.cache.inject(id.proxy_id(), invalid_listener());
+    s.snapshots.inject(id.proxy_id(), invalid_listener());
     (StatusCode::OK, "injected\n").into_response()
 }
 
 async fn clear_injected(State(s): State<DebugState>) -> Response {
-    s.cache.clear_injected();
+    s.snapshots.clear_injected();
     (StatusCode::OK, "cleared\n").into_response()
 }
 

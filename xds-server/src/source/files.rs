@@ -4,17 +4,21 @@
 //! Last good config stays in force: when a file has an error, the objects it
 //! held in the previous load and does not hold validly now are kept, so a
 //! typo never blanks a policy that was in effect. The directories are
-//! watched (inotify via `notify`) and reloads are debounced.
+//! watched (inotify, through `notify-debouncer-full`) and reloads are
+//! debounced.
 
 use super::{ConfigSnapshot, SharedSnapshot};
 use crds::{Object, ObjectError, Parsed, parse_documents};
-use notify::{RecursiveMode, Watcher};
+use notify_debouncer_full::notify::RecursiveMode;
+use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
+use walkdir::WalkDir;
 
 /// kind, namespace, name.
 type Key = (String, String, String);
@@ -136,43 +140,59 @@ fn is_config_file(p: &Path) -> bool {
     )
 }
 
-/// Files below `path` (or `path` itself), skipping hidden entries.
-fn collect_files(path: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ObjectError>) {
-    let unreadable = |reason: String| file_error(path.display().to_string(), reason);
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) => {
-            errors.push(unreadable(format!("cannot read: {e}")));
-            return;
-        }
-    };
-    if meta.is_file() {
-        out.push(path.to_path_buf());
-        return;
-    }
-    let entries = match std::fs::read_dir(path) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(unreadable(format!("cannot list directory: {e}")));
-            return;
-        }
-    };
-    let mut children: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    children.sort();
-    for child in children {
-        let hidden = child
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
-        if hidden {
-            continue;
-        }
-        if child.is_dir() {
-            collect_files(&child, out, errors);
-        } else if is_config_file(&child) {
-            out.push(child);
+fn is_hidden(name: &OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with('.'))
+}
+
+/// Files below `root` (or `root` itself), skipping hidden entries. Symlinks
+/// are followed; one that leads back to an ancestor is reported, not walked.
+fn collect_files(root: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<ObjectError>) {
+    let walk = WalkDir::new(root)
+        .follow_links(true)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !is_hidden(e.file_name()));
+    for entry in walk {
+        match entry {
+            Ok(e) if e.file_type().is_dir() => {}
+            // A file named on the command line is read whatever its name.
+            Ok(e) if e.depth() == 0 || is_config_file(e.path()) => out.push(e.into_path()),
+            Ok(_) => {}
+            Err(e) => errors.extend(walk_error(&e)),
         }
     }
+}
+
+/// The load error for a failed step of the walk, if it concerns a path the
+/// load would have read.
+fn walk_error(e: &walkdir::Error) -> Option<ObjectError> {
+    let path = e.path().unwrap_or(Path::new(""));
+    let name = path.display().to_string();
+    let below_root = e.depth() > 0;
+    // Errors bypass `filter_entry`, so hidden entries are skipped here too.
+    if below_root && path.file_name().is_some_and(is_hidden) {
+        return None;
+    }
+    if let Some(ancestor) = e.loop_ancestor() {
+        return Some(file_error(
+            name,
+            format!(
+                "symlink loop: leads back to {}; not followed",
+                ancestor.display()
+            ),
+        ));
+    }
+    // A dangling link under a name the load would not read anyway.
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if below_root && is_link && !is_config_file(path) {
+        return None;
+    }
+    let reason = match e.io_error() {
+        Some(io) if path.is_dir() => format!("cannot list directory: {io}"),
+        Some(io) => format!("cannot read: {io}"),
+        None => e.to_string(),
+    };
+    Some(file_error(name, reason))
 }
 
 /// Log the outcome of a load: one line per problem, one warning per
@@ -202,6 +222,25 @@ pub fn log_snapshot(s: &ConfigSnapshot) {
     );
 }
 
+/// Whether a change at `path` can change what a load of `roots` reads.
+/// Paths are compared as given, so both sides must be absolute.
+fn affects_load(path: &Path, roots: &[PathBuf]) -> bool {
+    roots.iter().any(|root| {
+        if path == root {
+            return true;
+        }
+        let Ok(rel) = path.strip_prefix(root) else {
+            return false;
+        };
+        // The load skips hidden entries below a root.
+        if rel.iter().any(is_hidden) {
+            return false;
+        }
+        // A path that is gone may have been a directory of config files.
+        is_config_file(path) || !path.is_file()
+    })
+}
+
 /// Load now, then watch the paths and publish a new snapshot on every
 /// change, debounced by `debounce`. The watcher lives as long as the
 /// returned task.
@@ -212,39 +251,53 @@ pub fn watch_paths(
     let first = loader.load();
     log_snapshot(&first);
     let (tx, rx) = watch::channel(Arc::new(first));
+    // Event paths are the watched path joined with what changed below it.
+    let roots: Vec<PathBuf> = loader
+        .paths()
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    // A zero timeout would make the debouncer's timer thread spin.
+    let debounce = debounce.max(Duration::from_millis(1));
+    let tick = debounce / 4;
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    let relevant_roots = roots.clone();
+    let mut debouncer = new_debouncer(debounce, Some(tick), move |res: DebounceEventResult| {
         match res {
-            Ok(ev) if ev.kind.is_access() => {}
-            Ok(_) => {
-                // The receiver is gone only when the task ended.
-                let _ = ev_tx.send(());
-            }
-            Err(e) => warn!(error = %e, "file watch error"),
-        }
-    })?;
-    for p in loader.paths() {
-        // Watch a file's directory: editors replace files by rename.
-        let target = if p.is_file() {
-            p.parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| p.clone())
-        } else {
-            p.clone()
-        };
-        watcher.watch(&target, RecursiveMode::Recursive)?;
-    }
-    let task = tokio::spawn(async move {
-        let _watcher = watcher;
-        while ev_rx.recv().await.is_some() {
-            // Debounce: wait until no event arrived for `debounce`.
-            loop {
-                match tokio::time::timeout(debounce, ev_rx.recv()).await {
-                    Ok(Some(())) => continue,
-                    Ok(None) => return,
-                    Err(_) => break,
+            Ok(events) => {
+                // A rescan (the kernel queue overflowed) names no paths.
+                let relevant = events.iter().any(|ev| {
+                    ev.need_rescan()
+                        || !ev.kind.is_access()
+                            && ev.paths.iter().any(|p| affects_load(p, &relevant_roots))
+                });
+                if relevant {
+                    // The receiver is gone only when the task ended.
+                    let _ = ev_tx.send(());
                 }
             }
+            Err(errors) => {
+                for e in errors {
+                    warn!(error = %e, paths = ?e.paths, "file watch error");
+                }
+            }
+        }
+    })?;
+    for root in &roots {
+        // Watch a file's directory: editors replace files by rename.
+        match root.parent() {
+            Some(dir) if root.is_file() => debouncer.watch(dir, RecursiveMode::NonRecursive)?,
+            _ => debouncer.watch(root, RecursiveMode::Recursive)?,
+        }
+    }
+    // The debouncer flushes events once they are `debounce` old, checking
+    // every `tick`, so one burst can come out over consecutive ticks: fold
+    // those into one reload, which then follows the last write of a burst.
+    let fold = tick * 2;
+    let task = tokio::spawn(async move {
+        let _debouncer = debouncer;
+        while ev_rx.recv().await.is_some() {
+            while let Ok(Some(())) = tokio::time::timeout(fold, ev_rx.recv()).await {}
             let snap = loader.load();
             log_snapshot(&snap);
             if tx.send(Arc::new(snap)).is_err() {
@@ -253,4 +306,260 @@ pub fn watch_paths(
         }
     });
     Ok((rx, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// A directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> Self {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "xds-files-{name}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create temp dir");
+            // Absolute and free of symlinks, so event paths match.
+            TempDir(dir.canonicalize().expect("canonical temp dir"))
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.0.join(rel)
+        }
+
+        fn write(&self, rel: &str, text: &str) {
+            let p = self.path(rel);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).expect("create dir");
+            }
+            std::fs::write(p, text).expect("write file");
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn policy(name: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\n\
+             metadata:\n  name: {name}\n  namespace: foo\nspec:\n  mtls:\n    mode: STRICT\n"
+        )
+    }
+
+    /// Names of the loaded objects, sorted.
+    fn names(s: &ConfigSnapshot) -> Vec<String> {
+        let mut out: Vec<String> = s
+            .objects
+            .iter()
+            .filter_map(|(p, _)| p.object.metadata()?.name.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    const DEBOUNCE: Duration = Duration::from_millis(100);
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Waits (up to [`DEADLINE`]) for a published snapshot that satisfies
+    /// `done`; returns it and how many snapshots were published meanwhile.
+    async fn wait_for(
+        rx: &mut watch::Receiver<SharedSnapshot>,
+        done: impl Fn(&ConfigSnapshot) -> bool,
+    ) -> (SharedSnapshot, usize) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut published = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let changed = tokio::time::timeout(left, rx.changed()).await;
+            assert!(
+                matches!(changed, Ok(Ok(()))),
+                "no matching reload within {DEADLINE:?}; last: {:?}",
+                names(&rx.borrow())
+            );
+            published += 1;
+            let snap = rx.borrow_and_update().clone();
+            if done(&snap) {
+                return (snap, published);
+            }
+        }
+    }
+
+    /// Asserts that nothing is published for several debounce periods.
+    async fn assert_no_reload(rx: &mut watch::Receiver<SharedSnapshot>) {
+        let quiet = tokio::time::timeout(DEBOUNCE * 5, rx.changed()).await;
+        assert!(
+            quiet.is_err(),
+            "unexpected reload: {:?}",
+            names(&rx.borrow())
+        );
+    }
+
+    #[test]
+    fn load_walks_directories_and_skips_hidden_and_other_files() {
+        let dir = TempDir::new("walk");
+        dir.write("a.yaml", &policy("a"));
+        dir.write("nested/deeper/b.yml", &policy("b"));
+        dir.write("notes.txt", &policy("txt"));
+        dir.write(".hidden.yaml", &policy("hidden-file"));
+        dir.write(".git/c.yaml", &policy("hidden-dir"));
+        dir.write("named.conf", &policy("named"));
+        let mut loader = FileLoader::new(vec![dir.path(""), dir.path("named.conf")]);
+        let snap = loader.load();
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert_eq!(snap.files, 3);
+        // A file named as a root is read whatever its extension.
+        assert_eq!(names(&snap), ["a", "b", "named"]);
+    }
+
+    #[test]
+    fn a_missing_path_is_a_load_error_naming_it() {
+        let dir = TempDir::new("missing");
+        let gone = dir.path("gone");
+        let snap = FileLoader::new(vec![gone.clone()]).load();
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(snap.errors[0].file, gone.display().to_string());
+        assert!(
+            snap.errors[0].reason.starts_with("cannot read:"),
+            "{}",
+            snap.errors[0]
+        );
+    }
+
+    #[test]
+    fn a_symlink_loop_is_reported_and_the_other_files_still_load() {
+        let dir = TempDir::new("loop");
+        dir.write("a.yaml", &policy("a"));
+        dir.write("sub/b.yaml", &policy("b"));
+        let link = dir.path("sub/back");
+        std::os::unix::fs::symlink(dir.path(""), &link).expect("symlink");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let root = dir.path("");
+        // On its own thread, so a walk that never ends fails the test
+        // instead of hanging it.
+        std::thread::spawn(move || {
+            let _ = done_tx.send(FileLoader::new(vec![root]).load());
+        });
+        let snap = done_rx.recv_timeout(DEADLINE).expect("load terminates");
+        assert_eq!(names(&snap), ["a", "b"], "each file once");
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        let err = &snap.errors[0];
+        assert_eq!(err.file, link.display().to_string());
+        assert!(err.reason.contains("symlink loop"), "{err}");
+    }
+
+    #[test]
+    fn a_file_with_an_error_keeps_its_last_good_objects() {
+        let dir = TempDir::new("last-good");
+        dir.write("a.yaml", &format!("{}---\n{}", policy("a1"), policy("a2")));
+        dir.write("b.yaml", &policy("b"));
+        let mut loader = FileLoader::new(vec![dir.path("")]);
+        assert_eq!(names(&loader.load()), ["a1", "a2", "b"]);
+
+        // a2 is now broken YAML: a1 loads as written, a2 as last seen.
+        dir.write("a.yaml", &format!("{}---\nkind: [unclosed\n", policy("a1")));
+        let snap = loader.load();
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(names(&snap), ["a1", "a2", "b"]);
+
+        // Fixed without a2: it is gone, as the file says.
+        dir.write("a.yaml", &policy("a1"));
+        let snap = loader.load();
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert_eq!(names(&snap), ["a1", "b"]);
+
+        // A file that is deleted takes its objects with it.
+        std::fs::remove_file(dir.path("b.yaml")).expect("remove");
+        assert_eq!(names(&loader.load()), ["a1"]);
+    }
+
+    #[test]
+    fn affects_load_ignores_hidden_and_other_files_below_a_root() {
+        let dir = TempDir::new("affects");
+        dir.write("notes.txt", "x");
+        dir.write("a.yaml", "x");
+        let file_root = dir.path("a.yaml");
+        let roots = [dir.path("sub"), file_root.clone()];
+        assert!(affects_load(&file_root, &roots));
+        assert!(affects_load(&dir.path("sub/x.yaml"), &roots));
+        // Gone: it may have been a directory.
+        assert!(affects_load(&dir.path("sub/gone"), &roots));
+        assert!(!affects_load(&dir.path("sub/.x.yaml"), &roots));
+        assert!(!affects_load(&dir.path("sub/.git/x.yaml"), &roots));
+        // A sibling of a file root.
+        assert!(!affects_load(&dir.path("notes.txt"), &roots));
+        let roots = [dir.path("")];
+        assert!(!affects_load(&dir.path("notes.txt"), &roots));
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_is_one_reload_of_the_last_write() {
+        let dir = TempDir::new("burst");
+        dir.write("a.yaml", &policy("v0"));
+        let (mut rx, task) =
+            watch_paths(FileLoader::new(vec![dir.path("")]), DEBOUNCE).expect("watch");
+        assert_eq!(names(&rx.borrow_and_update()), ["v0"]);
+
+        for v in 1..=5 {
+            dir.write("a.yaml", &policy(&format!("v{v}")));
+        }
+        dir.write("sub/b.yaml", &policy("b"));
+        let (_, published) = wait_for(&mut rx, |s| names(s) == ["b", "v5"]).await;
+        assert_eq!(published, 1, "one reload for the burst");
+        assert_no_reload(&mut rx).await;
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn other_files_do_not_reload_and_a_broken_file_keeps_its_objects() {
+        let dir = TempDir::new("watch");
+        dir.write("a.yaml", &policy("a"));
+        let (mut rx, task) =
+            watch_paths(FileLoader::new(vec![dir.path("")]), DEBOUNCE).expect("watch");
+        rx.borrow_and_update();
+
+        dir.write("notes.txt", "not config");
+        dir.write(".a.yaml.swp", "editor state");
+        assert_no_reload(&mut rx).await;
+
+        // The watch is alive: a broken edit reloads, and keeps `a`.
+        dir.write("a.yaml", "kind: [unclosed\n");
+        let (snap, _) = wait_for(&mut rx, |s| !s.errors.is_empty()).await;
+        assert_eq!(names(&snap), ["a"]);
+
+        // Replaced by rename, as editors do.
+        dir.write("new.tmp", &policy("renamed"));
+        std::fs::rename(dir.path("new.tmp"), dir.path("a.yaml")).expect("rename");
+        let (snap, _) = wait_for(&mut rx, |s| s.errors.is_empty()).await;
+        assert_eq!(names(&snap), ["renamed"]);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_file_root_is_watched_through_its_directory() {
+        let dir = TempDir::new("file-root");
+        dir.write("a.yaml", &policy("a"));
+        dir.write("other.yaml", &policy("other"));
+        let (mut rx, task) =
+            watch_paths(FileLoader::new(vec![dir.path("a.yaml")]), DEBOUNCE).expect("watch");
+        assert_eq!(names(&rx.borrow_and_update()), ["a"]);
+
+        // A sibling is not part of the config.
+        dir.write("other.yaml", &policy("other2"));
+        assert_no_reload(&mut rx).await;
+
+        dir.write("a.yaml", &policy("a2"));
+        wait_for(&mut rx, |s| names(s) == ["a2"]).await;
+        task.abort();
+    }
 }
