@@ -1,10 +1,12 @@
-//! End-to-end test helpers: locating Envoy (strictly under CI), free loopback
+//! End-to-end test helpers: the rule for finding Envoy, free loopback
 //! ports, scratch directories and minimal bootstraps.
 //!
-//! Tests that need Envoy call [`envoy_or_skip`] first: on a developer machine
-//! without Envoy they print how to install it and return, under CI they fail,
-//! so a CI image that lost its Envoy cannot turn the suite silently green.
+//! Tests that need Envoy call [`require_envoy`] first. Without Envoy they
+//! fail, with a message saying where Envoy was looked for and how to install
+//! it, unless the run opts out with `XDS_SKIP_ENVOY=1` (refused under CI):
+//! then they return at once and are counted as skipped (see [`envoy_rule`]).
 
+pub mod envoy_rule;
 pub mod mesh;
 
 use std::io;
@@ -12,42 +14,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use xds_server::runner::envoy::{EnvoyNotFound, find_envoy};
-
-/// The workspace root (where `.venv/` and `scripts/` live).
-pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
-/// Whether we run under CI: `CI` set to anything but empty, `0` or `false`.
-pub fn running_in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false"))
-        .unwrap_or(false)
-}
-
-/// Envoy as the runner finds it (`ENVOY_BIN`, `PATH`, `<root>/.venv`).
-pub fn find_test_envoy() -> Result<PathBuf, EnvoyNotFound> {
-    find_envoy(Some(&workspace_root()))
-}
-
-/// The Envoy binary for `test`, or `None` (after printing a note) when it is
-/// not installed and we are not under CI.
-///
-/// # Panics
-/// Under CI when Envoy cannot be found: a missing Envoy there is a broken CI
-/// image, not a reason to skip.
-pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
-    match find_test_envoy() {
-        Ok(path) => Some(path),
-        Err(error) if running_in_ci() => panic!("{test}: CI is set and {error}"),
-        Err(error) => {
-            eprintln!("note: skipping {test}: {error}");
-            None
-        }
-    }
-}
+pub use envoy_rule::{require_envoy, running_in_ci, workspace_root};
 
 /// A loopback address with a port that was free a moment ago (bound to
 /// `127.0.0.1:0`, then released for Envoy to bind).
@@ -135,4 +102,79 @@ static_resources:
         ip = listener.ip(),
         port = listener.port(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::envoy_rule::{EnvoyDecision, append_line, decide};
+    use super::*;
+    use xds_server::runner::envoy::EnvoyNotFound;
+
+    fn missing() -> Result<PathBuf, EnvoyNotFound> {
+        Err(EnvoyNotFound {
+            searched: vec!["ENVOY_BIN=/nonexistent (not an executable file)".into()],
+        })
+    }
+
+    #[test]
+    fn a_found_envoy_runs_whatever_the_flags() {
+        let envoy = PathBuf::from("/opt/envoy");
+        for (opt_out, ci) in [(false, false), (true, false), (false, true), (true, true)] {
+            assert_eq!(
+                decide(Ok(envoy.clone()), opt_out, ci),
+                EnvoyDecision::Run(envoy.clone()),
+                "opt_out={opt_out} ci={ci}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_envoy_fails_unless_opted_out_outside_ci() {
+        for ci in [false, true] {
+            let EnvoyDecision::Fail(message) = decide(missing(), false, ci) else {
+                panic!("ci={ci}: a missing Envoy without the opt-out must fail");
+            };
+            assert!(message.contains("ENVOY_BIN=/nonexistent"), "{message}");
+            assert!(message.contains("scripts/install-envoy.sh"), "{message}");
+            assert!(message.contains("XDS_SKIP_ENVOY=1"), "{message}");
+        }
+        let EnvoyDecision::Fail(message) = decide(missing(), true, true) else {
+            panic!("the opt-out must be refused under CI");
+        };
+        assert!(
+            message.contains("XDS_SKIP_ENVOY is set, but so is CI"),
+            "{message}"
+        );
+        assert!(message.contains("scripts/install-envoy.sh"), "{message}");
+        let EnvoyDecision::Skip(note) = decide(missing(), true, false) else {
+            panic!("the opt-out outside CI skips");
+        };
+        assert!(note.contains("ENVOY_BIN=/nonexistent"), "{note}");
+    }
+
+    #[test]
+    fn skips_are_appended_one_line_each_from_many_threads() {
+        let dir = ScratchDir::new("skip-report").expect("scratch dir");
+        let report = dir.path().join("skips");
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let report = report.clone();
+                std::thread::spawn(move || {
+                    for j in 0..50 {
+                        append_line(&report, &format!("test_{i}_{j}")).expect("append");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("appender thread");
+        }
+        let text = std::fs::read_to_string(&report).expect("read report");
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 400, "{text}");
+        lines.sort_unstable();
+        lines.dedup();
+        assert_eq!(lines.len(), 400, "every line whole and distinct");
+        assert!(lines.iter().all(|l| l.starts_with("test_")), "{text}");
+    }
 }

@@ -2,7 +2,10 @@
 //! a policy added then deleted in a running mesh with no Envoy restarted.
 
 use e2e::ScratchDir;
-use e2e::mesh::{STAGE0, STAGE1, STAGE2, STAGE3, article_matrix, assert_matrix, options, start};
+use e2e::mesh::{
+    STAGE0, STAGE1, STAGE2, STAGE3, article_matrix, assert_matrix, assert_no_envoy_restarted,
+    options, record_envoys, start,
+};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -24,22 +27,37 @@ async fn stage(test: &str, extra: Option<&str>, expected: [[&str; 3]; 3]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_0_default_is_permissive_with_auto_mtls() {
-    stage("stage0", None, STAGE0).await;
+    stage("stage_0_default_is_permissive_with_auto_mtls", None, STAGE0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_1_mesh_strict_resets_legacy_clients() {
-    stage("stage1", Some("examples/article/mesh-strict"), STAGE1).await;
+    stage(
+        "stage_1_mesh_strict_resets_legacy_clients",
+        Some("examples/article/mesh-strict"),
+        STAGE1,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_2_namespace_strict_resets_legacy_to_foo_only() {
-    stage("stage2", Some("examples/article/namespace-strict"), STAGE2).await;
+    stage(
+        "stage_2_namespace_strict_resets_legacy_to_foo_only",
+        Some("examples/article/namespace-strict"),
+        STAGE2,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_3_workload_strict_resets_legacy_to_bar_only() {
-    stage("stage3", Some("examples/article/workload-strict"), STAGE3).await;
+    stage(
+        "stage_3_workload_strict_resets_legacy_to_bar_only",
+        Some("examples/article/workload-strict"),
+        STAGE3,
+    )
+    .await;
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -58,7 +76,7 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
         &config,
     );
     let Some(opts) = options(
-        "live-change",
+        "adding_then_deleting_a_policy_changes_the_matrix_and_back_without_restarting_envoy",
         std::slice::from_ref(&config),
         scratch.path().join("work"),
     ) else {
@@ -73,14 +91,14 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
         .iter()
         .map(|c| c.id)
         .collect();
-    let uptimes_before = mesh.envoy_uptimes().await;
-    assert_eq!(uptimes_before.len(), 4, "four sidecars report uptime");
+    let envoys = record_envoys(&mesh).await;
+    assert_eq!(envoys.len(), 4, "four sidecars");
 
     let wait_for_new_config = |mesh: &xds_server::runner::mesh::LocalMesh, generation: u64| {
-        let cache = mesh.server.cache.clone();
+        let snapshots = mesh.server.snapshots.clone();
         async move {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while cache.generation() == generation {
+            while snapshots.generation() == generation {
                 assert!(Instant::now() < deadline, "config change was not picked up");
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -88,7 +106,7 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
     };
 
     let policy = config.join("mesh-strict.yaml");
-    let g = mesh.server.cache.generation();
+    let g = mesh.server.snapshots.generation();
     std::fs::copy(
         e2e::workspace_root().join("examples/article/mesh-strict/peer-authentication.yaml"),
         &policy,
@@ -100,7 +118,7 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
         .expect("converges after adding");
     assert_matrix(&article_matrix(&mesh).await, STAGE1);
 
-    let g = mesh.server.cache.generation();
+    let g = mesh.server.snapshots.generation();
     std::fs::remove_file(&policy).expect("delete policy");
     wait_for_new_config(&mesh, g).await;
     mesh.converge(e2e::mesh::CONVERGE)
@@ -108,7 +126,7 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
         .expect("converges after deleting");
     assert_matrix(&article_matrix(&mesh).await, STAGE0);
 
-    // Same Envoys: same xDS connections, uptimes only grew.
+    // Same Envoys: same xDS connections, same processes, up all along.
     let conns_after: Vec<u64> = mesh
         .server
         .registry
@@ -117,14 +135,7 @@ async fn adding_then_deleting_a_policy_changes_the_matrix_and_back_without_resta
         .map(|c| c.id)
         .collect();
     assert_eq!(conns_before, conns_after, "no sidecar reconnected");
-    let uptimes_after = mesh.envoy_uptimes().await;
-    for (proxy, before) in &uptimes_before {
-        let after = uptimes_after.get(proxy).copied().unwrap_or(0);
-        assert!(
-            after >= *before,
-            "{proxy}: uptime went from {before}s to {after}s: Envoy restarted"
-        );
-    }
+    assert_no_envoy_restarted(&mut mesh, &envoys).await;
     mesh.stop().await;
 }
 
@@ -153,7 +164,7 @@ spec:
     )
     .expect("write policy");
     let Some(opts) = options(
-        "dr-conflict",
+        "destination_rule_disable_towards_strict_server_fails_with_503_and_a_reason",
         std::slice::from_ref(&config),
         scratch.path().join("work"),
     ) else {

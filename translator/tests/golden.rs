@@ -11,7 +11,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use support::{case_dirs, load_case, render_proxy};
+use support::{case_dirs, case_docs, load_case, render_proxy};
+use translator::ResourceType;
+use translator::model::MeshConfig;
+use translator::model::build::{Addressing, Input, build_mesh};
 
 fn expected_files(case: &Path) -> BTreeMap<PathBuf, String> {
     let mesh = load_case(case);
@@ -89,11 +92,130 @@ fn golden_cases_match() {
     );
 }
 
+/// The objects of a case in another order: reversed, except that objects
+/// with the same kind, namespace and name keep their relative order (the
+/// later one replaces the earlier, as a second `kubectl apply` would).
+fn another_order(parsed: &[crds::Parsed]) -> Vec<usize> {
+    let key = |p: &crds::Parsed| {
+        let meta = p.object.metadata();
+        (
+            p.object.kind().to_string(),
+            meta.and_then(|m| m.namespace.clone()),
+            meta.and_then(|m| m.name.clone()),
+        )
+    };
+    let mut first_of_key = BTreeMap::new();
+    let mut order: Vec<(usize, usize)> = parsed
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (*first_of_key.entry(key(p)).or_insert(i), i))
+        .collect();
+    order.sort_by_key(|&(first, i)| (std::cmp::Reverse(first), i));
+    order.into_iter().map(|(_, i)| i).collect()
+}
+
+/// Translates a case from its objects given in `order`. Each object keeps
+/// the "first seen" time of its position in the files, so the orders
+/// describe the same cluster.
+fn translate_in_order(
+    parsed: &[crds::Parsed],
+    order: &[usize],
+    config: &MeshConfig,
+) -> translator::Translation {
+    let inputs: Vec<Input<'_>> = order
+        .iter()
+        .map(|&i| Input {
+            object: &parsed[i].object,
+            first_seen: i as i64,
+        })
+        .collect();
+    translator::translate(&build_mesh(&inputs, config.clone(), &Addressing::default()))
+}
+
+/// What versions are hashed from: every resource's type URL and encoded
+/// bytes, per proxy and per type in push order, each labelled
+/// `pod.namespace TYPE name`.
+fn encoded(t: &translator::Translation) -> Vec<(String, String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for ((ns, pod), plan) in &t.proxies {
+        let resources = plan.resources();
+        for kind in ResourceType::PUSH_ORDER {
+            for (name, r) in resources.of(kind).into_iter().flat_map(|m| m.iter()) {
+                out.push((
+                    format!("{pod}.{ns} {kind} {name}"),
+                    r.body.type_url.clone(),
+                    r.body.value.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// The first difference between two encodings, or `None`.
+fn first_difference(
+    a: &[(String, String, Vec<u8>)],
+    b: &[(String, String, Vec<u8>)],
+) -> Option<String> {
+    for (x, y) in a.iter().zip(b) {
+        if x.0 != y.0 {
+            return Some(format!(
+                "resource {} in one order, {} in the other",
+                x.0, y.0
+            ));
+        }
+        if x.1 != y.1 {
+            return Some(format!("{}: type URL {} vs {}", x.0, x.1, y.1));
+        }
+        if x.2 != y.2 {
+            let at = x.2.iter().zip(&y.2).position(|(p, q)| p != q);
+            return Some(format!(
+                "{}: encoded bytes differ ({} vs {} bytes, first at byte {})",
+                x.0,
+                x.2.len(),
+                y.2.len(),
+                at.unwrap_or(x.2.len().min(y.2.len()))
+            ));
+        }
+    }
+    let (longer, which) = if a.len() > b.len() {
+        (a, "first")
+    } else {
+        (b, "second")
+    };
+    longer
+        .get(a.len().min(b.len()))
+        .map(|extra| format!("{} only in the {which} order", extra.0))
+}
+
 #[test]
 fn translation_is_deterministic() {
     for case in case_dirs() {
-        let a = expected_files(&case);
-        let b = expected_files(&case);
-        assert_eq!(a, b, "{}", case.display());
+        let config = load_case(&case).config;
+        let mut parsed = Vec::new();
+        for (name, text) in case_docs(&case) {
+            let (objects, errors) = crds::parse_documents(&text, &name);
+            assert!(errors.is_empty(), "{}: {errors:?}", case.display());
+            parsed.extend(objects);
+        }
+        let in_file_order: Vec<usize> = (0..parsed.len()).collect();
+        let reordered = another_order(&parsed);
+        assert_ne!(
+            in_file_order,
+            reordered,
+            "{}: one order only",
+            case.display()
+        );
+
+        let a = translate_in_order(&parsed, &in_file_order, &config);
+        let b = translate_in_order(&parsed, &reordered, &config);
+        let (a, b) = (encoded(&a), encoded(&b));
+        assert!(!a.is_empty(), "{}: no resources", case.display());
+        if let Some(difference) = first_difference(&a, &b) {
+            panic!(
+                "{}: the objects in another order give other bytes: {difference}",
+                case.display()
+            );
+        }
     }
 }

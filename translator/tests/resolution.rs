@@ -1,5 +1,5 @@
 //! Resolution tables: the rows of the test matrix in
-//! shared/docs/mtls-semantics.md that apply to the explicit-bind layout,
+//! docs/mtls-semantics.md (repository root) that apply to the explicit-bind layout,
 //! each run through the generated Envoy config by `support::sim`. The row
 //! number of that matrix is in each test's name.
 

@@ -1,34 +1,20 @@
 //! `xds-server up` as a user runs it: the article's stages as JSON, and no
-//! Envoy left behind when the runner is told to stop. Needs Envoy: under CI
-//! a missing Envoy fails these tests.
+//! Envoy left behind when the runner is told to stop. Needs Envoy: without
+//! it these tests fail, unless the run opts out with `XDS_SKIP_ENVOY=1`.
+//!
+//! These tests stay in this package because they run the built binary
+//! (`CARGO_BIN_EXE_xds-server` exists only here); the rule for finding
+//! Envoy is the e2e crate's, a dev-dependency.
 
+use e2e::{require_envoy, workspace_root};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn envoy() -> Option<PathBuf> {
-    match xds_server::runner::envoy::find_envoy(Some(&root())) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
-            assert!(!ci, "CI is set and {e}");
-            eprintln!("note: skipping: {e}");
-            None
-        }
-    }
-}
-
 fn up(envoy: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_xds-server"));
-    c.current_dir(root())
+    c.current_dir(workspace_root())
         .env("ENVOY_BIN", envoy)
         .env("RUST_LOG", "warn")
         .arg("up");
@@ -52,7 +38,10 @@ fn expected(stage: &str, from: &str, to: &str) -> (&'static str, bool) {
 
 #[test]
 fn up_once_json_gives_the_article_outcomes_at_every_stage() {
-    let Some(envoy) = envoy() else { return };
+    let Some(envoy) = require_envoy("up_once_json_gives_the_article_outcomes_at_every_stage")
+    else {
+        return;
+    };
     for stage in ["", "mesh-strict", "namespace-strict", "workload-strict"] {
         let mut cmd = up(&envoy);
         cmd.arg("examples/article/base");
@@ -105,7 +94,9 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[test]
 fn sigterm_stops_every_envoy_the_runner_started() {
-    let Some(envoy) = envoy() else { return };
+    let Some(envoy) = require_envoy("sigterm_stops_every_envoy_the_runner_started") else {
+        return;
+    };
     let work = std::env::temp_dir().join(format!("xds-up-sigterm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let mut child = up(&envoy)
