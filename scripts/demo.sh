@@ -26,8 +26,7 @@ for stage in "${stages[@]}"; do
   echo
   echo "==> stage ${title}"
   # shellcheck disable=SC2086
-  RUST_LOG="${RUST_LOG:-warn}" "${bin}" up examples/article/base ${dir} \
-    --once --from app=sleep --to app=httpbin
+  "${bin}" up examples/article/base ${dir} --once --from app=sleep --to app=httpbin
 done
 echo
 echo "Expected matrices: examples/article/*/README.md. Run a stage live (matrix reprinted on every change):"
