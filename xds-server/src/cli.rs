@@ -1,8 +1,10 @@
 //! The command line. Every flag can also come from an environment variable
 //! (`XDS_...`, shown in `--help`).
 
-use crate::bootstrap::{BootstrapParams, bootstrap_yaml};
-use crate::server::{ServerOptions, start};
+use crate::bootstrap::{BootstrapParams, bootstrap_yaml, write_client_credentials};
+use crate::ca::CertificateAuthority;
+use crate::identity::Identity;
+use crate::server::{ServerOptions, XdsSecurity, start};
 use crate::snapshots::Settings;
 use crate::source::files::FileLoader;
 use anyhow::{Context, bail};
@@ -107,8 +109,20 @@ pub struct ServeArgs {
     /// Enable POST /debug/test/inject-invalid and /debug/test/clear, which push a listener Envoy must reject (fault injection for tests; never in production).
     #[arg(long, env = "XDS_TEST_HOOKS")]
     pub enable_test_hooks: bool,
+    /// Serve plaintext xDS and trust the node id each client sends (anyone who can connect gets any workload's key): refused on any address but loopback. Default: mutual TLS, the stream's identity being its client certificate's.
+    #[arg(long, env = "XDS_INSECURE")]
+    pub insecure_xds: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+/// The xDS security a flag asks for.
+pub fn xds_security(insecure: bool) -> XdsSecurity {
+    if insecure {
+        XdsSecurity::Insecure
+    } else {
+        XdsSecurity::MutualTls
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -163,15 +177,21 @@ pub struct BootstrapArgs {
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
-    /// Accepted for symmetry with `serve`; the bootstrap references no file from it.
+    /// The control plane's state directory: its CA signs the bootstrap client certificate.
     #[arg(long, env = "XDS_STATE_DIR", default_value = ".xds-state")]
     pub state_dir: PathBuf,
     /// Config to look the pod up in (IP, service account, labels).
     #[arg(long = "config-dir", env = "XDS_CONFIG_DIR", value_delimiter = ',')]
     pub config_dirs: Vec<PathBuf>,
-    /// Where files the bootstrap references would go (the bootstrap is self-contained, so none are written).
+    /// Where the files the bootstrap references go (client certificate, key with mode 0600, root). Default: STATE_DIR/bootstrap/NAMESPACE/POD.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Lifetime of the bootstrap client certificate (the workload's proof of identity to the control plane).
+    #[arg(long, default_value = "720h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
+    /// For a control plane run with --insecure-xds: plaintext xDS, no certificate.
+    #[arg(long)]
+    pub insecure_xds: bool,
     /// Envoy's admin API. Default: 127.0.0.1:15000 as in an Istio pod, or
     /// POD_IP:15000 when the pod IP is a loopback address (local meshes run
     /// many sidecars on one host).
@@ -216,6 +236,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         debounce: args.debounce,
         test_hooks: args.enable_test_hooks,
+        xds_security: xds_security(args.insecure_xds),
     })
     .await?;
     tokio::select! {
@@ -249,13 +270,33 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
                 .join(", ")
         ),
     };
-    if let Some(dir) = &args.out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let empty = Default::default();
     let sa = found
         .map(|w| w.service_account.as_str())
         .unwrap_or("default");
+    let tls = if args.insecure_xds {
+        None
+    } else {
+        let ca = CertificateAuthority::load_or_create(&args.state_dir, &args.mesh.trust_domain)
+            .with_context(|| format!("loading the CA from {}", args.state_dir.display()))?;
+        let dir = args.out_dir.clone().unwrap_or_else(|| {
+            args.state_dir
+                .join("bootstrap")
+                .join(&args.namespace)
+                .join(&args.pod)
+        });
+        let identity = Identity {
+            namespace: args.namespace.clone(),
+            service_account: sa.to_string(),
+        };
+        Some(write_client_credentials(
+            &ca,
+            &identity,
+            &crate::xds_tls::server_identity(&args.mesh.root_namespace),
+            &dir,
+            args.cert_lifetime,
+        )?)
+    };
     bootstrap_yaml(&BootstrapParams {
         namespace: &args.namespace,
         pod: &args.pod,
@@ -274,6 +315,7 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
             SocketAddr::new(host, 15000)
         }),
         cluster_domain: "cluster.local",
+        tls: tls.as_ref(),
     })
 }
 

@@ -1,11 +1,12 @@
 //! Who a proxy is and who it may act as.
 //!
 //! Every ADS stream resolves its node id to a [`ProxyId`] and carries the
-//! [`Identity`] it is allowed to act as. Today that identity is taken from
-//! the workload the node id names; with authenticated xDS it will come from
-//! the client certificate of the connection ([`Peer::Certificate`]), and the
-//! lookup refuses a node id that names a different identity. SDS only ever
-//! hands out the secrets of the stream's identity.
+//! [`Identity`] it is allowed to act as. With authenticated xDS (the
+//! default) that identity is the SPIFFE ID of the connection's client
+//! certificate ([`Peer::Certificate`]), and a node id naming a workload of
+//! another identity is refused. Only `--insecure-xds` (loopback only) trusts
+//! the node id as given ([`Peer::Unauthenticated`]). SDS only ever hands out
+//! the secrets of the stream's identity.
 
 use std::fmt;
 
@@ -23,6 +24,32 @@ impl Identity {
             self.namespace, self.service_account
         )
     }
+
+    /// The identity a SPIFFE ID of `trust_domain` names
+    /// (`spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`); an error
+    /// saying what is wrong with any other URI.
+    pub fn from_spiffe_id(uri: &str, trust_domain: &str) -> Result<Identity, String> {
+        let Some(rest) = uri.strip_prefix("spiffe://") else {
+            return Err(format!("{uri:?} is not a SPIFFE ID"));
+        };
+        let Some((domain, path)) = rest.split_once('/') else {
+            return Err(format!("{uri:?} has no path"));
+        };
+        if domain != trust_domain {
+            return Err(format!(
+                "{uri:?} is in trust domain {domain:?}, not {trust_domain:?}"
+            ));
+        }
+        match path.split('/').collect::<Vec<_>>().as_slice() {
+            ["ns", ns, "sa", sa] if !ns.is_empty() && !sa.is_empty() => Ok(Identity {
+                namespace: ns.to_string(),
+                service_account: sa.to_string(),
+            }),
+            _ => Err(format!(
+                "{uri:?} is not of the form spiffe://{trust_domain}/ns/NAMESPACE/sa/SERVICE_ACCOUNT"
+            )),
+        }
+    }
 }
 
 impl fmt::Display for Identity {
@@ -34,10 +61,13 @@ impl fmt::Display for Identity {
 /// What the transport proved about the peer of an xDS connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
-    /// Plaintext xDS: the node id is trusted as given.
+    /// Plaintext xDS (`--insecure-xds`): the node id is trusted as given.
     Unauthenticated,
     /// mTLS xDS: the peer presented a certificate for this identity.
     Certificate(Identity),
+    /// The transport could not establish an identity (say, a certificate
+    /// without a SPIFFE ID of our trust domain); the reason, for the log.
+    Rejected(String),
 }
 
 /// A proxy as the model knows it: the pod it runs in.
@@ -128,6 +158,28 @@ mod tests {
             NodeId::format("10.0.0.5", "httpbin-0", "foo", "cluster.local"),
             "sidecar~10.0.0.5~httpbin-0.foo~foo.svc.cluster.local"
         );
+    }
+
+    #[test]
+    fn spiffe_ids_of_our_trust_domain_name_an_identity() {
+        let id =
+            Identity::from_spiffe_id("spiffe://cluster.local/ns/foo/sa/sleep", "cluster.local")
+                .expect("valid");
+        assert_eq!(id.to_string(), "foo/sleep");
+        for (bad, why) in [
+            ("https://cluster.local/ns/foo/sa/sleep", "not a SPIFFE ID"),
+            ("spiffe://other.domain/ns/foo/sa/sleep", "trust domain"),
+            ("spiffe://cluster.local/ns/foo", "not of the form"),
+            ("spiffe://cluster.local/ns//sa/sleep", "not of the form"),
+            (
+                "spiffe://cluster.local/ns/foo/sa/sleep/x",
+                "not of the form",
+            ),
+            ("spiffe://cluster.local", "no path"),
+        ] {
+            let err = Identity::from_spiffe_id(bad, "cluster.local").expect_err(bad);
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

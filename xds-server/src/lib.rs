@@ -14,4 +14,7 @@ pub mod runner;
 pub mod server;
 pub mod snapshots;
 pub mod source;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod view;
+pub mod xds_tls;

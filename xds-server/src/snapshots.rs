@@ -238,14 +238,21 @@ impl Snapshots {
             namespace: plan.namespace.clone(),
             service_account: plan.service_account.clone(),
         };
-        if let Peer::Certificate(authenticated) = peer
-            && *authenticated != identity
-        {
-            return Err(ViewError::IdentityMismatch {
-                node_id: node_id.to_string(),
-                claimed: identity.to_string(),
-                authenticated: authenticated.to_string(),
-            });
+        match peer {
+            Peer::Certificate(authenticated) if *authenticated != identity => {
+                return Err(ViewError::IdentityMismatch {
+                    node_id: node_id.to_string(),
+                    claimed: identity.to_string(),
+                    authenticated: authenticated.to_string(),
+                });
+            }
+            Peer::Rejected(reason) => {
+                return Err(ViewError::Unauthenticated {
+                    node_id: node_id.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            Peer::Certificate(_) | Peer::Unauthenticated => {}
         }
         let issued = self.secrets_for(&identity)?;
         let mut resources = plan.resources();
@@ -289,9 +296,15 @@ impl ConfigSource for Snapshots {
         let node = NodeId::parse(node_id).map_err(|e| ViewError::BadNodeId(e.to_string()))?;
         let generation = self.generation();
         let proxy = node.proxy_id();
+        // A cached view was built for its identity: it serves an
+        // authenticated peer only if that is the identity it proved.
         if let Some(v) = self.views.get(&proxy)
             && v.0 == generation
-            && matches!(peer, Peer::Unauthenticated)
+            && match peer {
+                Peer::Unauthenticated => true,
+                Peer::Certificate(id) => *id == v.1.identity,
+                Peer::Rejected(_) => false,
+            }
         {
             return Ok(v.1.clone());
         }

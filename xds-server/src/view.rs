@@ -48,6 +48,8 @@ pub enum ViewError {
         claimed: String,
         authenticated: String,
     },
+    #[error("node {node_id:?} did not prove an identity: {reason}")]
+    Unauthenticated { node_id: String, reason: String },
     #[error("the control plane has not loaded its configuration yet")]
     NotReady,
     #[error("no certificate can be issued for {0}")]

@@ -214,22 +214,11 @@ mod tests {
         let mut want: Vec<String> = LATENCY_BUCKETS.iter().map(|b| format!("{b:?}")).collect();
         want.push("+Inf".into());
         assert_eq!(bounds, want);
-        assert!(
-            text.contains(&format!("{name}_bucket{{le=\"0.001\"}} 1\n")),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("{name}_bucket{{le=\"0.025\"}} 2\n")),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("{name}_bucket{{le=\"10.0\"}} 2\n")),
-            "{text}"
-        );
-        assert!(
-            text.contains(&format!("{name}_bucket{{le=\"+Inf\"}} 3\n")),
-            "{text}"
-        );
+        // Cumulative: each bucket counts every observation at or below it.
+        for (le, count) in [("0.001", 1), ("0.025", 2), ("10.0", 2), ("+Inf", 3)] {
+            let line = format!("{name}_bucket{{le=\"{le}\"}} {count}\n");
+            assert!(text.contains(&line), "missing {line:?} in\n{text}");
+        }
         assert!(text.contains(&format!("{name}_count 3\n")), "{text}");
         assert!(text.contains(&format!("{name}_sum 60.0205\n")), "{text}");
     }

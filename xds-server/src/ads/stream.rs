@@ -24,14 +24,17 @@ pub fn status_of(error: &ViewError) -> Status {
     match error {
         ViewError::BadNodeId(_) => Status::invalid_argument(message),
         ViewError::UnknownWorkload { .. } => Status::not_found(message),
-        ViewError::IdentityMismatch { .. } => Status::permission_denied(message),
+        ViewError::IdentityMismatch { .. } | ViewError::Unauthenticated { .. } => {
+            Status::permission_denied(message)
+        }
         ViewError::NotReady | ViewError::CertificateUnavailable(_) => Status::unavailable(message),
     }
 }
 
 /// Decides what the transport proved about a stream's peer, from the
-/// request's metadata and extensions. The mTLS transport will insert what it
-/// verified; the ADS server itself never trusts anything the client sends.
+/// request's metadata and extensions: the one seam where a way of proving
+/// identity plugs in (`xds_tls::peer_from_tls` reads the verified client
+/// certificate). The ADS server itself never trusts what the client sends.
 pub type PeerResolver = Arc<dyn Fn(&MetadataMap, &Extensions) -> Peer + Send + Sync>;
 
 /// What every stream task shares.

@@ -21,6 +21,7 @@ mod x509;
 
 pub use cert::{SecretString, WorkloadCert};
 pub use sds::{ROOT_SECRET, WORKLOAD_SECRET, sds_resources};
+pub use store::write_atomically;
 pub use x509::CLOCK_SKEW;
 
 use x509::{cert_time, random_serial, serial_hex};
@@ -90,6 +91,20 @@ impl CertificateAuthority {
         lifetime: Duration,
         now: SystemTime,
     ) -> anyhow::Result<WorkloadCert> {
+        self.issue_with_names(identity, &[], &[], lifetime, now)
+    }
+
+    /// [`CertificateAuthority::issue`] with DNS names and IP addresses as
+    /// further SANs, for a server that clients reach by name or address
+    /// (the xDS server) as well as by SPIFFE ID.
+    pub fn issue_with_names(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> anyhow::Result<WorkloadCert> {
         if identity.namespace.is_empty() || identity.service_account.is_empty() {
             bail!(
                 "cannot issue a certificate for {identity:?}: namespace and service account must be set"
@@ -123,6 +138,16 @@ impl CertificateAuthority {
             vec![SanType::URI(spiffe_id.clone().try_into().map_err(|e| {
                 anyhow::anyhow!("{spiffe_id:?} is not a valid URI SAN: {e}")
             })?)];
+        for name in dns_names {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.clone()
+                    .try_into()
+                    .map_err(|e| anyhow::anyhow!("{name:?} is not a valid DNS SAN: {e}"))?,
+            ));
+        }
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

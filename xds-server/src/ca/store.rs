@@ -58,11 +58,14 @@ pub(super) fn load_or_create(state_dir: &Path, now: SystemTime) -> anyhow::Resul
 }
 
 fn load(cert_path: &Path, key_path: &Path, now: SystemTime) -> anyhow::Result<Root> {
+    if let Some(dir) = cert_path.parent() {
+        restrict_dir(dir)?;
+    }
+    refuse_key_readable_by_others(key_path)?;
     let cert_pem = fs::read_to_string(cert_path)
         .with_context(|| format!("reading root CA certificate {}", cert_path.display()))?;
     let key_pem = fs::read_to_string(key_path)
         .with_context(|| format!("reading root CA key {}", key_path.display()))?;
-    warn_if_key_readable_by_others(key_path);
 
     let key = KeyPair::from_pem(&key_pem).map_err(|e| {
         anyhow::anyhow!(
@@ -191,17 +194,42 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn warn_if_key_readable_by_others(key_path: &Path) {
-    if let Ok(meta) = fs::metadata(key_path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %key_path.display(),
-                mode = format_args!("{mode:o}"),
-                "root CA key is readable by other users; it should be mode 600"
-            );
-        }
+/// A root key that group or others can read may already be copied: refuse
+/// to sign with it rather than warn, and say how to fix the mode.
+fn refuse_key_readable_by_others(key_path: &Path) -> anyhow::Result<()> {
+    let meta = fs::metadata(key_path)
+        .with_context(|| format!("reading root CA key {}", key_path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "root CA key {} has mode {mode:o}: readable by group or others; \
+             run `chmod 600 {}` if no one else could have read it, else create a new root",
+            key_path.display(),
+            key_path.display()
+        );
     }
+    Ok(())
+}
+
+/// The CA directory is ours alone (0700), on every start: a mode widened
+/// by hand or by a restore is put back, and the log says so.
+fn restrict_dir(dir: &Path) -> anyhow::Result<()> {
+    let meta =
+        fs::metadata(dir).with_context(|| format!("reading CA directory {}", dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting CA directory {} to mode 700", dir.display()))?;
+        tracing::warn!(path = %dir.display(), was = format_args!("{mode:o}"), "CA directory mode reset to 700");
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` with `mode` (never wider), atomically: aside,
+/// then renamed over `path`, so a reader never sees half a file.
+pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    write_new(&tmp(path), bytes, mode)?;
+    fs::rename(tmp(path), path).with_context(|| format!("writing {}", path.display()))
 }
 
 fn system_time(unix_seconds: i64) -> SystemTime {

@@ -1,32 +1,8 @@
 use super::*;
+use crate::test_support::TempDir;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "xds-server-ca-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create test dir");
-        TestDir(dir)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn httpbin() -> Identity {
     Identity {
@@ -65,19 +41,19 @@ fn unix(t: SystemTime) -> i64 {
 
 #[test]
 fn root_is_created_once_and_loaded_on_later_starts() {
-    let dir = TestDir::new();
-    let first = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
-    let second = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("load");
+    let dir = TempDir::new("ca");
+    let first = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
+    let second = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("load");
     assert_eq!(first.root_pem(), second.root_pem());
 
-    let on_disk = std::fs::read_to_string(dir.0.join("ca/root-cert.pem")).expect("cert file");
+    let on_disk = std::fs::read_to_string(dir.path("ca/root-cert.pem")).expect("cert file");
     assert_eq!(on_disk, first.root_pem());
-    let key_mode = std::fs::metadata(dir.0.join("ca/root-key.pem"))
+    let key_mode = std::fs::metadata(dir.path("ca/root-key.pem"))
         .expect("key file")
         .permissions()
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
-    assert!(!dir.0.join("ca/root-key.pem.tmp").exists());
+    assert!(!dir.path("ca/root-key.pem.tmp").exists());
 
     // A certificate issued before the restart verifies against the root after it.
     let cert = first
@@ -92,9 +68,9 @@ fn root_is_created_once_and_loaded_on_later_starts() {
 
 #[test]
 fn root_certificate_is_a_ten_year_p256_ca() {
-    let dir = TestDir::new();
+    let dir = TempDir::new("ca");
     let before = now();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
     let root_der = der(ca.root_pem());
     let root = parse(&root_der);
     assert!(root.is_ca());
@@ -118,14 +94,15 @@ fn root_certificate_is_a_ten_year_p256_ca() {
 
 #[test]
 fn corrupt_root_files_are_errors_naming_the_file() {
-    let dir = TestDir::new();
-    CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
-    let cert_path = dir.0.join("ca/root-cert.pem");
-    let key_path = dir.0.join("ca/root-key.pem");
+    let dir = TempDir::new("ca");
+    CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
+    let cert_path = dir.path("ca/root-cert.pem");
+    let key_path = dir.path("ca/root-key.pem");
     let good_cert = std::fs::read_to_string(&cert_path).expect("cert");
 
     std::fs::write(&cert_path, "not a certificate").expect("write");
-    let err = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect_err("corrupt");
+    let err =
+        CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect_err("corrupt");
     assert!(
         format!("{err:#}").contains(&*cert_path.to_string_lossy()),
         "{err:#}"
@@ -137,7 +114,8 @@ fn corrupt_root_files_are_errors_naming_the_file() {
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     )
     .expect("write");
-    let err = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect_err("corrupt");
+    let err =
+        CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect_err("corrupt");
     assert!(
         format!("{err:#}").contains(&*key_path.to_string_lossy()),
         "{err:#}"
@@ -146,12 +124,13 @@ fn corrupt_root_files_are_errors_naming_the_file() {
 
 #[test]
 fn a_key_of_another_root_is_refused() {
-    let a = TestDir::new();
-    let b = TestDir::new();
-    CertificateAuthority::load_or_create(&a.0, "cluster.local").expect("create a");
-    CertificateAuthority::load_or_create(&b.0, "cluster.local").expect("create b");
-    std::fs::copy(b.0.join("ca/root-key.pem"), a.0.join("ca/root-key.pem")).expect("copy");
-    let err = CertificateAuthority::load_or_create(&a.0, "cluster.local").expect_err("mismatch");
+    let a = TempDir::new("ca");
+    let b = TempDir::new("ca");
+    CertificateAuthority::load_or_create(a.root(), "cluster.local").expect("create a");
+    CertificateAuthority::load_or_create(b.root(), "cluster.local").expect("create b");
+    std::fs::copy(b.path("ca/root-key.pem"), a.path("ca/root-key.pem")).expect("copy");
+    let err =
+        CertificateAuthority::load_or_create(a.root(), "cluster.local").expect_err("mismatch");
     assert!(
         format!("{err:#}").contains("does not belong to the key"),
         "{err:#}"
@@ -160,11 +139,12 @@ fn a_key_of_another_root_is_refused() {
 
 #[test]
 fn half_a_root_on_disk_is_an_error_not_a_new_root() {
-    let dir = TestDir::new();
-    CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
-    let key_path = dir.0.join("ca/root-key.pem");
+    let dir = TempDir::new("ca");
+    CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
+    let key_path = dir.path("ca/root-key.pem");
     std::fs::remove_file(&key_path).expect("remove key");
-    let err = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect_err("no key");
+    let err =
+        CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect_err("no key");
     assert!(
         format!("{err:#}").contains(&*key_path.to_string_lossy()),
         "{err:#}"
@@ -177,8 +157,8 @@ fn half_a_root_on_disk_is_an_error_not_a_new_root() {
 
 #[test]
 fn workload_certificate_carries_the_spiffe_identity_and_nothing_else() {
-    let dir = TestDir::new();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
     let issued_at = now();
     let cert = ca
         .issue(&httpbin(), DEFAULT_CERT_LIFETIME, issued_at)
@@ -248,8 +228,8 @@ fn workload_certificate_carries_the_spiffe_identity_and_nothing_else() {
 
 #[test]
 fn two_certificates_have_different_serials_and_keys() {
-    let dir = TestDir::new();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
     let a = ca
         .issue(&httpbin(), DEFAULT_CERT_LIFETIME, now())
         .expect("issue");
@@ -263,8 +243,8 @@ fn two_certificates_have_different_serials_and_keys() {
 
 #[test]
 fn renewal_is_due_at_half_the_validity() {
-    let dir = TestDir::new();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
     let issued_at = now();
     let cert = ca
         .issue(&httpbin(), Duration::from_secs(3600), issued_at)
@@ -284,8 +264,8 @@ fn renewal_is_due_at_half_the_validity() {
 
 #[test]
 fn debug_output_never_contains_a_private_key() {
-    let dir = TestDir::new();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
     let cert = ca
         .issue(&httpbin(), DEFAULT_CERT_LIFETIME, now())
         .expect("issue");
@@ -300,8 +280,8 @@ fn debug_output_never_contains_a_private_key() {
 
 #[test]
 fn trust_domain_at_sign_becomes_a_dot() {
-    let dir = TestDir::new();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "corp@example").expect("create");
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "corp@example").expect("create");
     let cert = ca
         .issue(&httpbin(), DEFAULT_CERT_LIFETIME, now())
         .expect("issue");
@@ -310,8 +290,8 @@ fn trust_domain_at_sign_becomes_a_dot() {
 
 #[test]
 fn bad_requests_are_refused() {
-    let dir = TestDir::new();
-    let ca = CertificateAuthority::load_or_create(&dir.0, "cluster.local").expect("create");
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
     assert!(ca.issue(&httpbin(), Duration::ZERO, now()).is_err());
     assert!(
         ca.issue(&Identity::default(), DEFAULT_CERT_LIFETIME, now())
@@ -321,7 +301,7 @@ fn bad_requests_are_refused() {
         .issue(&httpbin(), Duration::from_secs(20 * 365 * 86_400), now())
         .expect_err("outlives the root");
     assert!(err.to_string().contains("root CA expires"), "{err}");
-    assert!(CertificateAuthority::load_or_create(&dir.0, "").is_err());
+    assert!(CertificateAuthority::load_or_create(dir.root(), "").is_err());
 }
 
 #[test]

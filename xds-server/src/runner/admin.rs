@@ -297,6 +297,7 @@ fn parse_duration_secs(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::test_support::SilentServer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -381,24 +382,15 @@ mod tests {
 
     #[tokio::test]
     async fn admin_requests_are_bounded_by_the_request_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let (conn, _) = listener.accept().await.expect("accept");
-            // Silent until the test is done.
-            let _ = done_rx.await;
-            drop(conn);
-        });
+        let server = SilentServer::start().await;
         let started = Instant::now();
-        let err = Admin::new(addr)
+        let err = Admin::new(server.addr())
             .with_request_timeout(Duration::from_millis(200))
             .get("/ready")
             .await
             .expect_err("silent peer");
         assert!(matches!(err, AdminError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3));
-        let _ = done_tx.send(());
-        server.await.expect("server");
+        server.finish().await;
     }
 }

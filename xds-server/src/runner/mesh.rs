@@ -13,13 +13,16 @@ use super::echo::EchoServer;
 use super::envoy::{Admin, EnvoyProcess, EnvoySpec, find_envoy};
 use super::probe::{Outcome, probe, xfcc_uri};
 use super::selector::Selector;
-use crate::bootstrap::{BootstrapParams, bootstrap_yaml};
+use crate::bootstrap::{
+    BootstrapParams, DEFAULT_BOOTSTRAP_CERT_LIFETIME, bootstrap_yaml, write_client_credentials,
+};
 use crate::cli::UpArgs;
 use crate::debug::sync::is_current;
-use crate::identity::{NodeId, Peer};
-use crate::server::{RunningServer, ServerOptions, start};
+use crate::identity::{Identity, NodeId, Peer};
+use crate::server::{RunningServer, ServerOptions, XdsSecurity, start};
 use crate::snapshots::Settings;
 use crate::view::ConfigSource;
+use crate::xds_tls::server_identity;
 use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
@@ -138,6 +141,7 @@ impl LocalMesh {
             },
             debounce: Duration::from_millis(100),
             test_hooks: opts.test_hooks,
+            xds_security: XdsSecurity::MutualTls,
         })
         .await?;
         let mut mesh = LocalMesh {
@@ -220,6 +224,20 @@ impl LocalMesh {
         w: &translator::model::Workload,
     ) -> anyhow::Result<(EnvoyProcess, Admin)> {
         let admin_addr = SocketAddr::new(w.ip, 15000);
+        let dir = self.opts.work_dir.join("envoy");
+        let name = format!("{}.{}", w.name, w.namespace);
+        // Each sidecar proves its workload identity with its own bootstrap
+        // certificate, as a pod's would.
+        let tls = write_client_credentials(
+            &self.server.ca,
+            &Identity {
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+            },
+            &server_identity(&self.opts.mesh.root_namespace),
+            &dir.join(&name),
+            DEFAULT_BOOTSTRAP_CERT_LIFETIME,
+        )?;
         let yaml = bootstrap_yaml(&BootstrapParams {
             namespace: &w.namespace,
             pod: &w.name,
@@ -231,10 +249,8 @@ impl LocalMesh {
             delta: self.opts.delta,
             admin: admin_addr,
             cluster_domain: &self.opts.mesh.cluster_domain,
+            tls: Some(&tls),
         })?;
-        let dir = self.opts.work_dir.join("envoy");
-        std::fs::create_dir_all(&dir)?;
-        let name = format!("{}.{}", w.name, w.namespace);
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
         let spec = EnvoySpec::new(&self.envoy_bin, &path, &dir, &name)

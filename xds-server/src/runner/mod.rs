@@ -16,3 +16,5 @@ pub mod explain;
 pub mod mesh;
 pub mod probe;
 pub mod selector;
+#[cfg(test)]
+mod test_support;

@@ -398,6 +398,7 @@ fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::test_support::SilentServer;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -437,9 +438,10 @@ mod tests {
         server.await.expect("server task");
     }
 
-    /// Answers each connection with one canned byte string (after reading
-    /// the request), then closes it.
-    async fn canned(responses: Vec<&'static [u8]>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    /// Probes a server that answers each connection with the next canned
+    /// byte string (after reading the request) and then closes it: one probe
+    /// per response, in order, and what each one got.
+    async fn probe_canned<const N: usize>(responses: [&'static [u8]; N]) -> [ProbeResult; N] {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let server = tokio::spawn(async move {
@@ -450,47 +452,44 @@ mod tests {
                 let _ = conn.write_all(response).await;
             }
         });
-        (addr, server)
+        let mut got = Vec::with_capacity(N);
+        for _ in 0..N {
+            got.push(probe(addr, "x", "/", SHORT).await);
+        }
+        server.await.expect("server task");
+        got.try_into().expect("one result per response")
     }
 
     #[tokio::test]
     async fn probe_counts_a_non_http_answer_as_reset() {
         // A TLS alert, as a STRICT mTLS port may send to a plaintext client.
-        let (addr, server) = canned(vec![b"\x15\x03\x01\x00\x02\x02\x46"]).await;
-        let got = probe(addr, "x", "/", SHORT).await;
+        let [got] = probe_canned([b"\x15\x03\x01\x00\x02\x02\x46"]).await;
         assert_eq!(got.outcome, Outcome::Reset);
-        server.await.expect("server task");
     }
 
     #[tokio::test]
     async fn probe_keeps_the_status_when_the_body_is_cut_short() {
-        let (addr, server) = canned(vec![
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\nabc",
-        ])
-        .await;
-        let got = probe(addr, "x", "/", SHORT).await;
+        let [got] =
+            probe_canned([b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\nabc"])
+                .await;
         assert_eq!(got.outcome, Outcome::Status(503));
         assert_eq!(got.body, "");
         assert_eq!(got.header("content-length"), Some("10"));
-        server.await.expect("server task");
     }
 
     #[tokio::test]
     async fn probe_reads_chunked_and_eof_delimited_bodies() {
-        let (addr, server) = canned(vec![
+        let [chunked, until_eof] = probe_canned([
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nServer: envoy\r\n\r\n\
               4;ext=1\r\nLIVE\r\n1\r\n\n\r\n0\r\nx-trailer: y\r\n\r\n",
             b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\n{\"headers\":{\"X-Forwarded-Client-Cert\":\"URI=spiffe://a\"}}",
         ])
         .await;
-        let chunked = probe(addr, "x", "/", SHORT).await;
         assert_eq!(chunked.outcome, Outcome::Status(200));
         assert_eq!(chunked.body, "LIVE\n");
         assert_eq!(chunked.header("Server"), Some("envoy"));
-        let until_eof = probe(addr, "x", "/", SHORT).await;
         assert_eq!(until_eof.outcome, Outcome::Status(200));
         assert_eq!(until_eof.xfcc.as_deref(), Some("URI=spiffe://a"));
-        server.await.expect("server task");
     }
 
     #[tokio::test]
@@ -505,22 +504,13 @@ mod tests {
 
     #[tokio::test]
     async fn probe_to_a_server_that_never_answers_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let (conn, _) = listener.accept().await.expect("accept");
-            // Hold the connection open, silent, until the test is done.
-            let _ = done_rx.await;
-            drop(conn);
-        });
+        let server = SilentServer::start().await;
         let started = Instant::now();
-        let got = probe(addr, "x", "/", Duration::from_millis(200)).await;
+        let got = probe(server.addr(), "x", "/", Duration::from_millis(200)).await;
         assert_eq!(got.outcome, Outcome::Timeout);
         assert_eq!(got.outcome.to_string(), "timeout");
         assert!(started.elapsed() < Duration::from_secs(3));
-        let _ = done_tx.send(());
-        server.await.expect("server task");
+        server.finish().await;
     }
 
     #[test]

@@ -311,44 +311,8 @@ pub fn watch_paths(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use crate::test_support::TempDir;
     use std::time::Instant;
-
-    /// A directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> Self {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "xds-files-{name}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create temp dir");
-            // Absolute and free of symlinks, so event paths match.
-            TempDir(dir.canonicalize().expect("canonical temp dir"))
-        }
-
-        fn path(&self, rel: &str) -> PathBuf {
-            self.0.join(rel)
-        }
-
-        fn write(&self, rel: &str, text: &str) {
-            let p = self.path(rel);
-            if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).expect("create dir");
-            }
-            std::fs::write(p, text).expect("write file");
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn policy(name: &str) -> String {
         format!(
@@ -393,6 +357,14 @@ mod tests {
                 return (snap, published);
             }
         }
+    }
+
+    /// Watches `root` below `dir` with the test's debounce.
+    fn watch_dir(
+        dir: &TempDir,
+        root: &str,
+    ) -> (watch::Receiver<SharedSnapshot>, tokio::task::JoinHandle<()>) {
+        watch_paths(FileLoader::new(vec![dir.path(root)]), DEBOUNCE).expect("watch")
     }
 
     /// Asserts that nothing is published for several debounce periods.
@@ -506,8 +478,7 @@ mod tests {
     async fn a_burst_of_writes_is_one_reload_of_the_last_write() {
         let dir = TempDir::new("burst");
         dir.write("a.yaml", &policy("v0"));
-        let (mut rx, task) =
-            watch_paths(FileLoader::new(vec![dir.path("")]), DEBOUNCE).expect("watch");
+        let (mut rx, task) = watch_dir(&dir, "");
         assert_eq!(names(&rx.borrow_and_update()), ["v0"]);
 
         for v in 1..=5 {
@@ -524,8 +495,7 @@ mod tests {
     async fn other_files_do_not_reload_and_a_broken_file_keeps_its_objects() {
         let dir = TempDir::new("watch");
         dir.write("a.yaml", &policy("a"));
-        let (mut rx, task) =
-            watch_paths(FileLoader::new(vec![dir.path("")]), DEBOUNCE).expect("watch");
+        let (mut rx, task) = watch_dir(&dir, "");
         rx.borrow_and_update();
 
         dir.write("notes.txt", "not config");
@@ -550,8 +520,7 @@ mod tests {
         let dir = TempDir::new("file-root");
         dir.write("a.yaml", &policy("a"));
         dir.write("other.yaml", &policy("other"));
-        let (mut rx, task) =
-            watch_paths(FileLoader::new(vec![dir.path("a.yaml")]), DEBOUNCE).expect("watch");
+        let (mut rx, task) = watch_dir(&dir, "a.yaml");
         assert_eq!(names(&rx.borrow_and_update()), ["a"]);
 
         // A sibling is not part of the config.
