@@ -111,10 +111,47 @@ impl Snapshots {
             translated_at: SystemTime::now(),
             translate_time,
         });
+        self.prune_certificates(&state.translation);
         if let Ok(mut guard) = self.state.write() {
             *guard = Some(state);
         }
         self.bump();
+    }
+
+    /// Forgets the certificates of identities no sidecar in `translation`
+    /// acts as, so a workload that left the mesh has no key kept (or
+    /// rotated) for it. A stream still open for it is ended by its next
+    /// view lookup, which no longer finds the workload.
+    fn prune_certificates(&self, translation: &Translation) {
+        let live: std::collections::HashSet<Identity> = translation
+            .proxies
+            .values()
+            .map(|p| Identity {
+                namespace: p.namespace.clone(),
+                service_account: p.service_account.clone(),
+            })
+            .collect();
+        let before = self.certs.len();
+        self.certs.retain(|identity, _| live.contains(identity));
+        let pruned = before.saturating_sub(self.certs.len());
+        if pruned > 0 {
+            info!(
+                pruned,
+                "dropped the certificates of identities no longer in the mesh"
+            );
+        }
+    }
+
+    /// The CA that issues this mesh's certificates.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// Metadata of every workload certificate held, sorted by identity.
+    pub fn certs_info(&self) -> Vec<CertInfo> {
+        let mut ids: Vec<Identity> = self.certs.iter().map(|e| e.key().clone()).collect();
+        ids.sort();
+        ids.iter().filter_map(|id| self.cert_info(id)).collect()
     }
 
     fn bump(&self) {
@@ -316,5 +353,82 @@ impl ConfigSource for Snapshots {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.generation.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::files::FileLoader;
+    use crate::test_support::TempDir;
+    use std::path::Path;
+
+    fn article_base(except: &[&str], dir: &TempDir) -> Arc<ConfigSnapshot> {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/article/base");
+        let config = dir.path("config");
+        let _ = std::fs::remove_dir_all(&config);
+        std::fs::create_dir_all(&config).expect("config dir");
+        for entry in std::fs::read_dir(&base).expect("article base") {
+            let path = entry.expect("entry").path();
+            let name = path.file_name().and_then(|n| n.to_str()).expect("name");
+            if !except.contains(&name) {
+                std::fs::copy(&path, config.join(name)).expect("copy");
+            }
+        }
+        Arc::new(FileLoader::new(vec![config]).load())
+    }
+
+    fn snapshots(dir: &TempDir) -> Snapshots {
+        let ca =
+            CertificateAuthority::load_or_create(&dir.path("state"), "cluster.local").expect("CA");
+        Snapshots::new(
+            Settings {
+                mesh: MeshConfig::default(),
+                addressing: Addressing {
+                    pod_net: "127.16.0.0".parse().expect("net"),
+                    app_net: None,
+                },
+                cert_lifetime: Duration::from_secs(3600),
+            },
+            Arc::new(ca),
+        )
+    }
+
+    fn identities(s: &Snapshots) -> Vec<String> {
+        s.certs_info().into_iter().map(|c| c.identity).collect()
+    }
+
+    #[test]
+    fn certificates_of_identities_that_left_the_mesh_are_dropped() {
+        let dir = TempDir::new("prune");
+        let s = snapshots(&dir);
+        s.apply(article_base(&[], &dir));
+        for pod in ["sleep-0.foo", "httpbin-0.foo"] {
+            let (name, ns) = pod.split_once('.').expect("pod.ns");
+            let node = NodeId::format("127.0.0.1", name, ns, "cluster.local");
+            s.view(&node, &Peer::Unauthenticated).expect("view");
+        }
+        assert_eq!(identities(&s), ["foo/httpbin", "foo/sleep"]);
+        s.apply(article_base(&["sleep-foo.yaml"], &dir));
+        assert_eq!(identities(&s), ["foo/httpbin"]);
+    }
+
+    #[test]
+    fn a_certificate_peer_gets_only_its_own_identity() {
+        let dir = TempDir::new("peer");
+        let s = snapshots(&dir);
+        s.apply(article_base(&[], &dir));
+        let node = NodeId::format("127.0.0.1", "httpbin-0", "foo", "cluster.local");
+        let sleep = Peer::Certificate(Identity {
+            namespace: "foo".into(),
+            service_account: "sleep".into(),
+        });
+        // A view cached for the node's own identity must not serve another.
+        s.view(&node, &Peer::Unauthenticated).expect("own view");
+        let err = s.view(&node, &sleep).expect_err("another identity");
+        assert!(matches!(err, ViewError::IdentityMismatch { .. }), "{err}");
+        let rejected = Peer::Rejected("no client certificate".into());
+        let err = s.view(&node, &rejected).expect_err("rejected peer");
+        assert!(matches!(err, ViewError::Unauthenticated { .. }), "{err}");
     }
 }

@@ -83,6 +83,12 @@ impl CertificateAuthority {
         &self.trust_domain
     }
 
+    /// When the root certificate expires: no certificate can be issued to
+    /// outlive it.
+    pub fn root_not_after(&self) -> SystemTime {
+        self.root_not_after
+    }
+
     /// Issues a fresh key and certificate for `identity`, valid from
     /// `now - CLOCK_SKEW` to `now + lifetime`.
     pub fn issue(
@@ -119,9 +125,17 @@ impl CertificateAuthority {
             .with_context(|| format!("certificate lifetime {lifetime:?} is out of range"))?;
         if expiry > self.root_not_after {
             bail!(
-                "cannot issue a certificate for {identity} valid until {expiry:?}: \
-                 the root CA expires earlier, at {:?}",
-                self.root_not_after
+                "cannot issue a certificate for {identity} valid for {}: the root CA expires \
+                 sooner, at {} (in {}); create a new root (move the state directory's ca/ \
+                 away) or shorten the certificate lifetime",
+                humantime::format_duration(lifetime),
+                humantime::format_rfc3339_seconds(self.root_not_after),
+                humantime::format_duration(Duration::from_secs(
+                    self.root_not_after
+                        .duration_since(now)
+                        .unwrap_or_default()
+                        .as_secs()
+                ))
             );
         }
         let (nb_odt, not_before) = cert_time(now.checked_sub(CLOCK_SKEW).unwrap_or(UNIX_EPOCH))?;

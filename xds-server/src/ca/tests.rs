@@ -300,8 +300,55 @@ fn bad_requests_are_refused() {
     let err = ca
         .issue(&httpbin(), Duration::from_secs(20 * 365 * 86_400), now())
         .expect_err("outlives the root");
-    assert!(err.to_string().contains("root CA expires"), "{err}");
+    assert!(err.to_string().contains("root CA expires sooner"), "{err}");
+    assert!(
+        err.to_string().contains("shorten the certificate lifetime"),
+        "{err}"
+    );
     assert!(CertificateAuthority::load_or_create(dir.root(), "").is_err());
+}
+
+#[test]
+fn a_root_key_readable_by_others_is_refused() {
+    let dir = TempDir::new("ca");
+    CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
+    let key = dir.path("ca/root-key.pem");
+    for mode in [0o640, 0o604, 0o644] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        let err = CertificateAuthority::load_or_create(dir.root(), "cluster.local")
+            .expect_err("a readable key must be refused");
+        let text = format!("{err:#}");
+        assert!(text.contains(&format!("mode {mode:o}")), "{text}");
+        assert!(text.contains("chmod 600"), "{text}");
+    }
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("0600 loads");
+}
+
+#[test]
+fn the_ca_directory_is_reset_to_0700_on_every_start() {
+    let dir = TempDir::new("ca");
+    CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
+    let ca_dir = dir.path("ca");
+    std::fs::set_permissions(&ca_dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("load");
+    let mode = std::fs::metadata(&ca_dir)
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700, "mode {mode:o}");
+}
+
+#[test]
+fn the_root_expiry_is_known_and_ten_years_out() {
+    let dir = TempDir::new("ca");
+    let ca = CertificateAuthority::load_or_create(dir.root(), "cluster.local").expect("create");
+    let left = ca
+        .root_not_after()
+        .duration_since(SystemTime::now())
+        .expect("in the future");
+    assert!(left > Duration::from_secs(9 * 365 * 86_400), "{left:?}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 use translator::render::resource_to_json;
 use translator::{ResourceMap, ResourceType, Severity};
 
@@ -45,6 +46,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
         "/debug/configz",
         "objects loaded and rejected, with the reason for each rejection",
     ),
+    (
+        "/debug/ca",
+        "the root CA (expiry, time left) and every workload certificate held (serial, SPIFFE ID, validity)",
+    ),
     ("/metrics", "Prometheus metrics"),
     ("/healthz", "liveness"),
     ("/readyz", "ready once the first configuration is loaded"),
@@ -57,6 +62,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/syncz", get(syncz))
         .route("/debug/mtlsz", get(mtlsz))
         .route("/debug/configz", get(configz))
+        .route("/debug/ca", get(ca))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz));
@@ -277,6 +283,24 @@ async fn configz(State(s): State<DebugState>) -> Response {
 }
 
 /// `/metrics`: the ADS counters, then what the snapshots hold right now.
+/// `/debug/ca`: the root's validity and every workload certificate held.
+async fn ca(State(s): State<DebugState>) -> Json<Value> {
+    let ca = s.snapshots.ca();
+    let not_after = ca.root_not_after();
+    let remaining = not_after
+        .duration_since(SystemTime::now())
+        .unwrap_or_default()
+        .as_secs();
+    Json(json!({
+        "trust_domain": ca.trust_domain(),
+        "root": {
+            "not_after": humantime::format_rfc3339_seconds(not_after).to_string(),
+            "remaining_seconds": remaining,
+        },
+        "workload_certificates": s.snapshots.certs_info(),
+    }))
+}
+
 async fn metrics(State(s): State<DebugState>) -> Response {
     let (objects, rejected, translate_secs) = s
         .snapshots
@@ -320,6 +344,27 @@ async fn metrics(State(s): State<DebugState>) -> Response {
         "xds_config_generation",
         "Config and certificate generation",
         ConstGauge::new(i64::try_from(s.snapshots.generation()).unwrap_or(i64::MAX)),
+    );
+    let root_expiry = s.snapshots.ca().root_not_after();
+    let unix = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    };
+    scrape.register(
+        "xds_root_ca_expiry_timestamp_seconds",
+        "When the root CA certificate expires, in seconds since the Unix epoch",
+        ConstGauge::new(unix(root_expiry)),
+    );
+    scrape.register(
+        "xds_root_ca_remaining_seconds",
+        "Seconds until the root CA certificate expires; no certificate can outlive it",
+        ConstGauge::new(unix(root_expiry).saturating_sub(unix(SystemTime::now()))),
+    );
+    scrape.register(
+        "xds_workload_certificates",
+        "Workload certificates held (one per identity with a sidecar)",
+        ConstGauge::new(count(s.snapshots.certs_info().len())),
     );
     let mut out = s.stats.render_prometheus();
     if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &scrape) {
