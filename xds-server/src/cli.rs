@@ -216,8 +216,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     if d > MAX_DURATION {
         return Err(format!(
-            "{s:?} is longer than the maximum of {}",
-            humantime::format_duration(MAX_DURATION)
+            "{s:?} is longer than the maximum of {}h (10 years)",
+            MAX_DURATION.as_secs() / 3600
         ));
     }
     Ok(d)

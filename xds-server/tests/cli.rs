@@ -103,7 +103,14 @@ fn validate_names_the_broken_file_object_and_field_and_still_loads_the_rest() {
 #[test]
 fn bootstrap_looks_up_the_pod_ip_and_picks_the_api_type() {
     let base = root().join("examples/article/base");
-    let (out, text) = run(bin()
+    let state = TempDir::new("bootstrap-state");
+    // The CA that signs the bootstrap certificates lives in the state dir.
+    let bootstrap = || {
+        let mut cmd = bin();
+        cmd.env("XDS_STATE_DIR", &state.0);
+        cmd
+    };
+    let (out, text) = run(bootstrap()
         .args([
             "bootstrap",
             "--namespace",
@@ -126,7 +133,7 @@ fn bootstrap_looks_up_the_pod_ip_and_picks_the_api_type() {
     assert_eq!(yaml["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
     assert_eq!(yaml["node"]["metadata"]["SERVICE_ACCOUNT"], "httpbin");
 
-    let (out, text) = run(bin().args([
+    let (out, text) = run(bootstrap().args([
         "bootstrap",
         "--namespace",
         "bar",
@@ -145,7 +152,7 @@ fn bootstrap_looks_up_the_pod_ip_and_picks_the_api_type() {
         "{text}"
     );
 
-    let (out, text) = run(bin()
+    let (out, text) = run(bootstrap()
         .args([
             "bootstrap",
             "--namespace",
@@ -159,6 +166,100 @@ fn bootstrap_looks_up_the_pod_ip_and_picks_the_api_type() {
         .arg(&base));
     assert!(!out.status.success());
     assert!(text.contains("pod bar/nope-0 is not in"), "{text}");
+}
+
+#[test]
+fn bootstrap_writes_the_xds_client_certificate_and_points_envoy_at_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = TempDir::new("bootstrap-tls-state");
+    let out_dir = state.0.join("out");
+    let (out, text) = run(bin()
+        .args([
+            "bootstrap",
+            "--namespace",
+            "foo",
+            "--pod",
+            "sleep-0",
+            "--xds-addr",
+            "127.0.0.1:15010",
+            "--cert-lifetime",
+            "48h",
+            "--config-dir",
+        ])
+        .arg(root().join("examples/article/base"))
+        .arg("--state-dir")
+        .arg(&state.0)
+        .arg("--out-dir")
+        .arg(&out_dir));
+    assert!(out.status.success(), "{text}");
+    let yaml: serde_json::Value =
+        serde_yaml::from_str(&String::from_utf8_lossy(&out.stdout)).expect("YAML");
+    let tls = &yaml["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]["common_tls_context"];
+    let file = |v: &serde_json::Value| PathBuf::from(v["filename"].as_str().expect("filename"));
+    let cert = file(&tls["tls_certificates"][0]["certificate_chain"]);
+    let key = file(&tls["tls_certificates"][0]["private_key"]);
+    let root_cert = file(&tls["validation_context"]["trusted_ca"]);
+    for path in [&cert, &key, &root_cert] {
+        assert!(
+            path.is_absolute() && path.starts_with(&out_dir),
+            "{}",
+            path.display()
+        );
+        assert!(path.is_file(), "{} written", path.display());
+    }
+    let mode = std::fs::metadata(&key).expect("key").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "key mode {mode:o}");
+    assert_eq!(
+        tls["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+        "spiffe://cluster.local/ns/istio-system/sa/xds-server"
+    );
+    let pem = std::fs::read_to_string(&cert).expect("cert");
+    let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+    let x509 = parsed.parse_x509().expect("X.509");
+    let uris: Vec<String> = x509
+        .subject_alternative_name()
+        .expect("SAN")
+        .expect("has SAN")
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(uris, ["spiffe://cluster.local/ns/foo/sa/sleep"]);
+    let validity = x509.validity();
+    let lifetime = validity.not_after.timestamp() - validity.not_before.timestamp();
+    // 48 h, plus the minute the CA back-dates for clock skew.
+    assert_eq!(lifetime, 48 * 3600 + 60);
+    // The same root as the one the control plane serves from this state dir.
+    let served_root = std::fs::read_to_string(state.0.join("ca/root-cert.pem")).expect("root");
+    assert_eq!(
+        std::fs::read_to_string(&root_cert).expect("root copy"),
+        served_root
+    );
+}
+
+#[test]
+fn duration_flags_reject_nonsense_and_huge_values_without_panicking() {
+    for (value, why) in [
+        ("1000000000h", "longer than the maximum"),
+        ("0s", "must be positive"),
+        ("soon", "is not a duration"),
+        ("18446744073709551615s", "longer than the maximum"),
+    ] {
+        let (out, text) = run(bin().args([
+            "serve",
+            "--config-dir",
+            "/nonexistent",
+            "--cert-lifetime",
+            value,
+        ]));
+        assert_eq!(out.status.code(), Some(2), "{value}: {text}");
+        assert!(text.contains(why), "{value}: {text}");
+        assert!(!text.contains("panicked"), "{value}: {text}");
+    }
 }
 
 #[test]
