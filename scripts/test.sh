@@ -26,6 +26,9 @@ skips="$(mktemp)"
 deploy_log="$(mktemp)"
 trap 'rm -f "${log}" "${skips}" "${deploy_log}"' EXIT
 export XDS_SKIP_REPORT="${skips}"
+# The proptest fuzz targets (crds/tests/fuzz.rs, translator/tests/fuzz.rs)
+# run for this long each here; a plain `cargo test` runs 256 cases.
+export XDS_FUZZ_SECONDS="${XDS_FUZZ_SECONDS:-60}"
 status=0
 cargo test --workspace 2>&1 | tee "${log}" || status=$?
 echo "==> deploy/ against the Kubernetes schemas"

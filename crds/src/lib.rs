@@ -6,6 +6,8 @@
 //! - [`validate`]: Istio's validation rules, as diagnostics naming the field.
 //! - [`manifest`]: parsing the YAML a user would `kubectl apply` (multi-document,
 //!   `List`), including the Kubernetes kinds the mesh model needs.
+//! - [`yaml`]: reading YAML with bounds on nesting and alias expansion, and
+//!   duplicate keys named.
 //! - [`manifests`]: the CRD YAML generated from the types, checked in under
 //!   `crds/manifests/` and compared by a test (`UPDATE_GOLDEN=1 cargo test -p crds`
 //!   regenerates it).
@@ -20,6 +22,7 @@ pub mod peer_authentication;
 pub mod schema;
 pub mod validate;
 pub mod workload_selector;
+pub mod yaml;
 
 pub use destination_rule::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, DestinationRuleSpec, PortSelector,

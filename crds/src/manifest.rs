@@ -9,13 +9,12 @@ use std::sync::LazyLock;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::destination_rule::{self, DestinationRule};
 use crate::peer_authentication::{self, PeerAuthentication};
-use crate::{schema, validate};
+use crate::{schema, validate, yaml};
 
 /// One object read from a file, of a kind this project understands (or a note that
 /// a kind was skipped).
@@ -244,22 +243,32 @@ const CR_TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "statu
 /// is expanded; unknown kinds come back as [`Object::Skipped`]; namespaced objects
 /// without a namespace get `default`. A YAML syntax error is reported for its
 /// document and ends the file (the parser cannot resynchronise), but the documents
-/// before it are kept. Never panics on input.
+/// before it are kept. Never panics on input, and bounds what input can cost
+/// (see [`crate::yaml`]): a document nested more than [`crate::yaml::MAX_DEPTH`]
+/// levels or with a duplicate map key is an error naming the field and is left
+/// out, the documents after it still read; a file whose aliases expand it to
+/// more than [`crate::yaml::MAX_VALUES`] values is an error that ends the file.
 pub fn parse_documents(text: &str, file: &str) -> (Vec<Parsed>, Vec<ObjectError>) {
     let mut out = Output {
         file,
         parsed: Vec::new(),
         errors: Vec::new(),
     };
+    let reader = yaml::Reader::new(yaml::MAX_VALUES);
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let mut yaml = match serde_yaml::Value::deserialize(document) {
+        let mut yaml = match reader.document(document) {
             Ok(yaml) => yaml,
-            Err(e) => {
-                out.document_error(
-                    index,
-                    format!("invalid YAML: {e}; later documents in this file were not read"),
+            Err(problem) if problem.fatal => {
+                let reason = format!(
+                    "{}; later documents in this file were not read",
+                    problem.reason
                 );
+                out.document_error_at(index, problem.field, reason);
                 break;
+            }
+            Err(problem) => {
+                out.document_error_at(index, problem.field, problem.reason);
+                continue;
             }
         };
         if let Err(e) = yaml.apply_merge() {
@@ -360,6 +369,10 @@ struct Ctx {
 
 impl Output<'_> {
     fn document_error(&mut self, index: usize, reason: String) {
+        self.document_error_at(index, None, reason);
+    }
+
+    fn document_error_at(&mut self, index: usize, field: Option<String>, reason: String) {
         let ctx = Ctx {
             index,
             item: None,
@@ -367,7 +380,7 @@ impl Output<'_> {
             namespace: None,
             name: None,
         };
-        self.error(&ctx, None, reason);
+        self.error(&ctx, field, reason);
     }
 
     fn error(&mut self, ctx: &Ctx, field: Option<String>, reason: String) {
@@ -540,10 +553,14 @@ impl Output<'_> {
         let object = match kind {
             Kind::Namespace => self.typed(ctx, json).map(Object::Namespace),
             Kind::ServiceAccount => self.typed(ctx, json).map(Object::ServiceAccount),
-            Kind::Service => self.typed(ctx, json).map(|s| Object::Service(Box::new(s))),
-            Kind::Deployment => self
-                .typed(ctx, json)
-                .map(|d| Object::Deployment(Box::new(d))),
+            Kind::Service => self.typed(ctx, json).map(|s: Service| {
+                self.field_errors(ctx, validate::service(&s));
+                Object::Service(Box::new(s))
+            }),
+            Kind::Deployment => self.typed(ctx, json).map(|d: Deployment| {
+                self.field_errors(ctx, validate::deployment(&d));
+                Object::Deployment(Box::new(d))
+            }),
             Kind::Pod => self.typed(ctx, json).map(|p| Object::Pod(Box::new(p))),
             Kind::PeerAuthentication => self.typed(ctx, json).map(|pa: PeerAuthentication| {
                 self.field_errors(ctx, validate::peer_authentication(&pa));
@@ -600,4 +617,20 @@ impl Output<'_> {
             self.error(ctx, Some(e.field), e.reason);
         }
     }
+}
+
+/// Parses one object that is already JSON, e.g. as the Kubernetes API returns it,
+/// with the same checks as a document of [`parse_documents`] (kind and apiVersion,
+/// namespace defaulting, unknown fields, typed deserialization, validation).
+/// `file` names where it came from in errors; the object is document 0.
+pub fn parse_value(json: Value, file: &str) -> (Vec<Parsed>, Vec<ObjectError>) {
+    let mut out = Output {
+        file,
+        parsed: Vec::new(),
+        errors: Vec::new(),
+    };
+    if !json.is_null() {
+        out.document(0, json);
+    }
+    (out.parsed, out.errors)
 }

@@ -4,6 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
 use crate::destination_rule::{DestinationRule, TrafficPolicy};
 use crate::peer_authentication::{PeerAuthentication, parse_port};
 use crate::workload_selector::WorkloadSelector;
@@ -110,6 +114,139 @@ pub fn destination_rule(dr: &DestinationRule) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// Most replicas one Deployment may ask for. Each replica becomes a workload
+/// with its own address in the pod net (a /16, 65,534 addresses), its own
+/// certificate and its own sidecar config, so a slip such as
+/// `replicas: 1000000` must be an error rather than a million workloads.
+pub const MAX_REPLICAS: i32 = 1000;
+
+/// Checks the part of a Deployment this project acts on: `spec.replicas`
+/// must be between 0 (as the API server requires) and [`MAX_REPLICAS`].
+pub fn deployment(d: &Deployment) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if let Some(problem) = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .and_then(replicas_problem)
+    {
+        errors.push(FieldError::new("spec.replicas", problem));
+    }
+    errors
+}
+
+/// Why `replicas` cannot be run, if it cannot.
+pub fn replicas_problem(replicas: i32) -> Option<String> {
+    if replicas < 0 {
+        Some(format!(
+            "replicas {replicas} must be greater than or equal to 0"
+        ))
+    } else if replicas > MAX_REPLICAS {
+        Some(format!(
+            "replicas {replicas} is more than {MAX_REPLICAS}, the most this control plane runs for one Deployment (each replica is a workload with its own address, certificate and sidecar config)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Checks a Service's ports as the API server does (`ValidateService`): a
+/// port number in 1-65535 and a known protocol; names that are DNS-1123
+/// labels, required once there are two ports, and unique; no port number
+/// twice for one protocol; a target port that is a number in 1-65535 or an
+/// IANA service name. A Service that breaks these would give sidecars two
+/// virtual hosts or clusters of one name, which Envoy rejects whole.
+pub fn service(svc: &Service) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let ports = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_deref())
+        .unwrap_or(&[]);
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut numbers: BTreeMap<(i32, &str), usize> = BTreeMap::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        match port.name.as_deref().filter(|n| !n.is_empty()) {
+            None if ports.len() > 1 => errors.push(FieldError::new(
+                format!("{at}.name"),
+                "a name is required when a Service has more than one port",
+            )),
+            None => {}
+            Some(name) => {
+                if !is_dns1123_label(name) {
+                    errors.push(FieldError::new(
+                        format!("{at}.name"),
+                        format!("{name:?} is not a DNS-1123 label (lowercase alphanumerics and '-', at most 63)"),
+                    ));
+                }
+                if let Some(first) = names.insert(name, i) {
+                    errors.push(FieldError::new(
+                        format!("{at}.name"),
+                        format!("duplicate port name {name:?} (also spec.ports[{first}])"),
+                    ));
+                }
+            }
+        }
+        if !(1..=65535).contains(&port.port) {
+            errors.push(FieldError::new(
+                format!("{at}.port"),
+                format!("port {} must be between 1 and 65535", port.port),
+            ));
+        }
+        let protocol = port.protocol.as_deref().unwrap_or("TCP");
+        if !matches!(protocol, "TCP" | "UDP" | "SCTP") {
+            errors.push(FieldError::new(
+                format!("{at}.protocol"),
+                format!("protocol {protocol:?} is not one of \"TCP\", \"UDP\", \"SCTP\""),
+            ));
+        } else if let Some(first) = numbers.insert((port.port, protocol), i) {
+            errors.push(FieldError::new(
+                format!("{at}.port"),
+                format!(
+                    "duplicate port {}/{protocol} (also spec.ports[{first}])",
+                    port.port
+                ),
+            ));
+        }
+        match &port.target_port {
+            None => {}
+            Some(IntOrString::Int(n)) if (1..=65535).contains(n) => {}
+            Some(IntOrString::Int(n)) => errors.push(FieldError::new(
+                format!("{at}.targetPort"),
+                format!("target port {n} must be between 1 and 65535"),
+            )),
+            Some(IntOrString::String(name)) => {
+                if let Some(reason) = port_name_problem(name) {
+                    errors.push(FieldError::new(format!("{at}.targetPort"), reason));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Why `name` is not an IANA service name (a named container port), if it
+/// is not: at most 15 lowercase alphanumerics and '-', with a letter, not
+/// starting or ending with '-' and without "--".
+fn port_name_problem(name: &str) -> Option<String> {
+    let bytes = name.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= 15
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().any(u8::is_ascii_lowercase)
+        && bytes.first() != Some(&b'-')
+        && bytes.last() != Some(&b'-')
+        && !name.contains("--");
+    (!ok).then(|| {
+        format!(
+            "{name:?} is neither a port number nor a port name (at most 15 lowercase alphanumerics and '-', with a letter)"
+        )
+    })
 }
 
 fn traffic_policy(policy: &TrafficPolicy, path: &str, errors: &mut Vec<FieldError>) {
@@ -495,6 +632,102 @@ mod tests {
                 "spec.subsets[0].labels[version]",
                 "spec.subsets[0].trafficPolicy.portLevelSettings[0].port"
             ]
+        );
+    }
+
+    fn deployment_with(replicas: Option<i32>) -> Deployment {
+        Deployment {
+            spec: Some(k8s_openapi::api::apps::v1::DeploymentSpec {
+                replicas,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn replicas_must_be_between_0_and_the_maximum() {
+        for ok in [None, Some(0), Some(1), Some(MAX_REPLICAS)] {
+            assert_eq!(deployment(&deployment_with(ok)), [], "{ok:?}");
+        }
+        for bad in [Some(-1), Some(MAX_REPLICAS + 1), Some(i32::MAX)] {
+            assert_eq!(
+                fields(&deployment(&deployment_with(bad))),
+                ["spec.replicas"],
+                "{bad:?}"
+            );
+        }
+        let errors = deployment(&deployment_with(Some(i32::MAX)));
+        assert!(
+            errors[0].reason.contains("2147483647 is more than 1000"),
+            "{errors:?}"
+        );
+    }
+
+    /// (name, port, protocol, targetPort) of one Service port.
+    type PortRow<'a> = (Option<&'a str>, i32, Option<&'a str>, Option<IntOrString>);
+
+    fn service_with(ports: &[PortRow<'_>]) -> Service {
+        use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+        Service {
+            spec: Some(ServiceSpec {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(name, port, protocol, target)| ServicePort {
+                            name: name.map(str::to_string),
+                            port: *port,
+                            protocol: protocol.map(str::to_string),
+                            target_port: target.clone(),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn service_ports_follow_the_api_servers_rules() {
+        let int = IntOrString::Int;
+        let name = |n: &str| IntOrString::String(n.to_string());
+        let good = service_with(&[
+            (Some("http"), 80, None, Some(int(8080))),
+            (Some("grpc"), 9090, Some("TCP"), Some(name("grpc-web"))),
+            (Some("dns"), 80, Some("UDP"), None),
+        ]);
+        assert_eq!(service(&good), []);
+        assert_eq!(service(&service_with(&[(None, 80, None, None)])), []);
+        let bad = service_with(&[
+            (None, 80, None, None),
+            (Some("http"), 80, None, Some(int(0))),
+            (Some("http"), 0, Some("HTTP"), Some(name("8080"))),
+            (Some("Web"), 8080, None, Some(name("a--b"))),
+        ]);
+        assert_eq!(
+            fields(&service(&bad)),
+            [
+                "spec.ports[0].name",
+                "spec.ports[1].port",
+                "spec.ports[1].targetPort",
+                "spec.ports[2].name",
+                "spec.ports[2].port",
+                "spec.ports[2].protocol",
+                "spec.ports[2].targetPort",
+                "spec.ports[3].name",
+                "spec.ports[3].targetPort",
+            ]
+        );
+        let errors = service(&bad);
+        assert_eq!(
+            errors[1].reason,
+            "duplicate port 80/TCP (also spec.ports[0])"
+        );
+        assert_eq!(
+            errors[3].reason,
+            "duplicate port name \"http\" (also spec.ports[1])"
         );
     }
 

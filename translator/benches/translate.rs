@@ -79,6 +79,7 @@ pub fn generated_mesh(services: usize, replicas: usize, namespaces: usize) -> Me
                     port: 8080,
                 }],
                 sidecar: true,
+                ready: true,
                 owner: Some(app.clone()),
             });
         }

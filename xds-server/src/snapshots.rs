@@ -84,8 +84,13 @@ impl Snapshots {
     /// Translate a new snapshot and make it current.
     pub fn apply(&self, snapshot: Arc<ConfigSnapshot>) {
         let started = std::time::Instant::now();
-        let mesh = snapshot.build_mesh(self.settings.mesh.clone(), &self.settings.addressing);
-        let translation = translator::translate(&mesh);
+        let (mesh, build_diagnostics) =
+            snapshot.build_mesh(self.settings.mesh.clone(), &self.settings.addressing);
+        let mut translation = translator::translate(&mesh);
+        // One sorted list: diagnostics are looked up by binary search.
+        translation.diagnostics.extend(build_diagnostics);
+        translation.diagnostics.sort();
+        translation.diagnostics.dedup();
         // Log a diagnostic when it appears, not again on every change.
         let previous = self.state();
         let known = |d: &translator::Diagnostic| {

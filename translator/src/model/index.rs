@@ -48,7 +48,10 @@ impl Index {
             for &w in &eps {
                 idx.workload_services[w].push(si);
             }
-            idx.service_endpoints.push(eps);
+            // A pod that is not Ready still serves its own ports (its
+            // inbound config), but receives no traffic through the service.
+            idx.service_endpoints
+                .push(eps.into_iter().filter(|&w| workloads[w].ready).collect());
             let fqdn = s.fqdn(&config.cluster_domain);
             idx.service_fqdns.push(fqdn);
             idx.services_by_ns

@@ -17,6 +17,8 @@ pub struct MeshConfig {
     pub cluster_domain: String,
     /// Port of the outbound HTTP listener each sidecar binds on its own IP.
     pub outbound_port: u16,
+    /// How a Pod's sidecar is recognised.
+    pub sidecar_detection: SidecarDetection,
 }
 
 impl Default for MeshConfig {
@@ -26,8 +28,26 @@ impl Default for MeshConfig {
             trust_domain: "cluster.local".into(),
             cluster_domain: "cluster.local".into(),
             outbound_port: 15001,
+            sidecar_detection: SidecarDetection::Injection,
         }
     }
+}
+
+/// How the model decides that a Pod has a sidecar.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SidecarDetection {
+    /// Config files describe pods before injection: Istio's injection rules
+    /// decide (namespace label, `sidecar.istio.io/inject`), and a pod that
+    /// was already injected (see [`SidecarDetection::PodSpec`]) counts too.
+    #[default]
+    Injection,
+    /// Pods read from a cluster were injected (or not) when they were
+    /// created, so only the pod itself says: the label
+    /// `security.istio.io/tlsMode: istio`, a container named `istio-proxy`,
+    /// or an `istio-proxy` init container with `restartPolicy: Always` (a
+    /// native sidecar). A namespace labelled after the pod was created does
+    /// not give it a sidecar.
+    PodSpec,
 }
 
 /// A reference to a user object, as diagnostics and decisions name it.
@@ -146,6 +166,12 @@ pub struct Workload {
     pub app_ip: Option<IpAddr>,
     pub ports: Vec<ContainerPort>,
     pub sidecar: bool,
+    /// Whether the pod is Ready (its `Ready` condition is `True` and it is
+    /// not being deleted). Only ready workloads are endpoints of services;
+    /// a pod that is not ready still gets its own sidecar config, since its
+    /// readiness may wait on it. Pods without conditions (config files)
+    /// count as ready.
+    pub ready: bool,
     /// The Deployment this pod belongs to, if any.
     pub owner: Option<String>,
 }

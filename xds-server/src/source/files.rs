@@ -13,6 +13,7 @@ use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{DebounceEventResult, new_debouncer};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -53,13 +54,31 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// The largest config file read unless configured otherwise. A 4 MiB
+/// manifest holds tens of thousands of objects; a larger file under a config
+/// directory is more likely a mistake (a log, an archive) and would cost
+/// memory in proportion, since a file is parsed whole.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Reads the paths and remembers what it saw, across reloads.
-#[derive(Default)]
 pub struct FileLoader {
     paths: Vec<PathBuf>,
+    /// Files larger than this are load errors, not read.
+    max_file_bytes: u64,
     first_seen: HashMap<Key, i64>,
     /// Per file: the valid objects of the last load.
     last_good: BTreeMap<PathBuf, Vec<Parsed>>,
+}
+
+impl Default for FileLoader {
+    fn default() -> Self {
+        FileLoader {
+            paths: Vec::new(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            first_seen: HashMap::new(),
+            last_good: BTreeMap::new(),
+        }
+    }
 }
 
 impl FileLoader {
@@ -68,6 +87,17 @@ impl FileLoader {
             paths,
             ..Default::default()
         }
+    }
+
+    /// Sets the largest file read (default [`DEFAULT_MAX_FILE_BYTES`]); a
+    /// larger one is a load error naming it, and keeps its last good objects.
+    pub fn with_max_file_bytes(mut self, bytes: u64) -> Self {
+        self.max_file_bytes = bytes;
+        self
+    }
+
+    pub fn max_file_bytes(&self) -> u64 {
+        self.max_file_bytes
     }
 
     pub fn paths(&self) -> &[PathBuf] {
@@ -92,12 +122,12 @@ impl FileLoader {
         let mut next_good = BTreeMap::new();
         for file in files {
             let name = file.display().to_string();
-            let (parsed, errs) = match std::fs::read_to_string(&file) {
+            // A path named as a root is read whatever it is (`/dev/stdin`
+            // included); below a root only regular files are.
+            let named = self.paths.contains(&file);
+            let (parsed, errs) = match read_config_file(&file, self.max_file_bytes, named) {
                 Ok(text) => parse_documents(&text, &name),
-                Err(e) => (
-                    Vec::new(),
-                    vec![file_error(name.clone(), format!("cannot read file: {e}"))],
-                ),
+                Err(reason) => (Vec::new(), vec![file_error(name.clone(), reason)]),
             };
             let mut valid: Vec<Parsed> = Vec::new();
             for p in parsed {
@@ -131,6 +161,41 @@ impl FileLoader {
         self.last_good = next_good;
         snapshot
     }
+}
+
+/// The text of one config file, or why it cannot be had. Never reads more
+/// than `limit` + 1 bytes: the size is checked before reading and again by
+/// what was read, so a file that grows meanwhile (or a device that never
+/// ends) is caught too.
+fn read_config_file(path: &Path, limit: u64, named: bool) -> Result<String, String> {
+    let too_big = |size: String| {
+        format!(
+            "file is {size} bytes, more than the limit of {limit} bytes for a config file; not read"
+        )
+    };
+    // Before opening: opening a FIFO blocks until someone writes to it.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if !named && !meta.is_file() {
+        return Err("not a regular file; not read".into());
+    }
+    if meta.is_file() && meta.len() > limit {
+        return Err(too_big(meta.len().to_string()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let expected = if meta.is_file() { meta.len() } else { 0 };
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(too_big(format!("at least {}", bytes.len())));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text: invalid byte at offset {}; not read",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn is_config_file(p: &Path) -> bool {
@@ -453,6 +518,130 @@ mod tests {
         // A file that is deleted takes its objects with it.
         std::fs::remove_file(dir.path("b.yaml")).expect("remove");
         assert_eq!(names(&loader.load()), ["a1"]);
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_an_error_naming_it_and_both_sizes() {
+        let dir = TempDir::new("too-big");
+        dir.write("a.yaml", &policy("a"));
+        let big = format!("{}# {}\n", policy("big"), "x".repeat(2_000));
+        dir.write("big.yaml", &big);
+        let mut loader = FileLoader::new(vec![dir.path("")]).with_max_file_bytes(1_024);
+        let snap = loader.load();
+        assert_eq!(names(&snap), ["a"]);
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        let err = &snap.errors[0];
+        assert_eq!(err.file, dir.path("big.yaml").display().to_string());
+        assert_eq!(
+            err.reason,
+            format!(
+                "file is {} bytes, more than the limit of 1024 bytes for a config file; not read",
+                big.len()
+            )
+        );
+    }
+
+    #[test]
+    fn the_default_limit_is_4_mib_and_a_file_that_grows_past_it_keeps_its_last_good_objects() {
+        let dir = TempDir::new("default-limit");
+        let mut loader = FileLoader::new(vec![dir.path("")]);
+        assert_eq!(loader.max_file_bytes(), 4 * 1024 * 1024);
+        let text = policy("a");
+        let pad = DEFAULT_MAX_FILE_BYTES as usize - text.len();
+        // Exactly at the limit: read.
+        dir.write("a.yaml", &format!("{text}{}", " ".repeat(pad)));
+        let snap = loader.load();
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        assert_eq!(names(&snap), ["a"]);
+        // One byte more: not read, and `a` stays in force.
+        dir.write("a.yaml", &format!("{text}{}", " ".repeat(pad + 1)));
+        let snap = loader.load();
+        assert_eq!(names(&snap), ["a"]);
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(
+            snap.errors[0].reason,
+            "file is 4194305 bytes, more than the limit of 4194304 bytes for a config file; not read"
+        );
+    }
+
+    #[test]
+    fn a_named_device_that_never_ends_is_read_only_up_to_the_limit() {
+        // /dev/zero reports size 0: only the bounded read catches it, as it
+        // would a file that grows between the size check and the read.
+        let zero = PathBuf::from("/dev/zero");
+        let snap = FileLoader::new(vec![zero.clone()])
+            .with_max_file_bytes(64 * 1024)
+            .load();
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(snap.errors[0].file, "/dev/zero");
+        assert_eq!(
+            snap.errors[0].reason,
+            "file is at least 65537 bytes, more than the limit of 65536 bytes for a config file; not read"
+        );
+    }
+
+    #[test]
+    fn a_fifo_below_a_root_is_reported_not_opened() {
+        let dir = TempDir::new("fifo");
+        dir.write("a.yaml", &policy("a"));
+        let fifo = dir.path("pipe.yaml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("run mkfifo");
+        assert!(made.success(), "mkfifo failed");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let root = dir.path("");
+        // On its own thread: opening the FIFO would block until a writer came.
+        std::thread::spawn(move || {
+            let _ = done_tx.send(FileLoader::new(vec![root]).load());
+        });
+        let snap = done_rx.recv_timeout(DEADLINE).expect("load terminates");
+        assert_eq!(names(&snap), ["a"]);
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(snap.errors[0].file, fifo.display().to_string());
+        assert_eq!(snap.errors[0].reason, "not a regular file; not read");
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_is_an_error_naming_where() {
+        let dir = TempDir::new("utf8");
+        std::fs::write(dir.path("bin.yaml"), b"kind: \xff\xfe\n").expect("write");
+        let snap = FileLoader::new(vec![dir.path("")]).load();
+        assert_eq!(snap.errors.len(), 1, "{:?}", snap.errors);
+        assert_eq!(
+            snap.errors[0].reason,
+            "not UTF-8 text: invalid byte at offset 6; not read"
+        );
+    }
+
+    #[test]
+    fn ten_thousand_policies_in_one_file_load() {
+        let dir = TempDir::new("ten-thousand");
+        let mut text = String::new();
+        for i in 0..10_000 {
+            text.push_str(&format!(
+                "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
+                 metadata: {{name: p{i}, namespace: ns{}}}\nspec:\n  selector: {{matchLabels: {{app: a{i}}}}}\n  \
+                 mtls: {{mode: STRICT}}\n  portLevelMtls:\n    8080: {{mode: DISABLE}}\n",
+                i % 100
+            ));
+        }
+        assert!(
+            text.len() as u64 <= DEFAULT_MAX_FILE_BYTES,
+            "{}",
+            text.len()
+        );
+        dir.write("policies.yaml", &text);
+        let started = Instant::now();
+        let snap = FileLoader::new(vec![dir.path("")]).load();
+        assert!(snap.errors.is_empty(), "{:?}", &snap.errors[..1]);
+        assert_eq!(snap.objects.len(), 10_000);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

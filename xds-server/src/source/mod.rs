@@ -3,6 +3,7 @@
 //! issue and produces the same [`ConfigSnapshot`].
 
 pub mod files;
+pub mod kube;
 
 use crds::{ObjectError, Parsed, Skipped};
 use std::sync::Arc;
@@ -23,12 +24,13 @@ pub struct ConfigSnapshot {
 pub type SharedSnapshot = Arc<ConfigSnapshot>;
 
 impl ConfigSnapshot {
-    /// The mesh model of these objects.
+    /// The mesh model of these objects, and a diagnostic for each object
+    /// the model had to leave out (replicas past the limit, a full pod net).
     pub fn build_mesh(
         &self,
         config: translator::model::MeshConfig,
         addressing: &translator::model::build::Addressing,
-    ) -> translator::model::Mesh {
+    ) -> (translator::model::Mesh, Vec<translator::Diagnostic>) {
         let inputs: Vec<translator::model::build::Input<'_>> = self
             .objects
             .iter()
@@ -37,6 +39,6 @@ impl ConfigSnapshot {
                 first_seen: *seen,
             })
             .collect();
-        translator::model::build::build_mesh(&inputs, config, addressing)
+        translator::model::build::build_mesh_with_diagnostics(&inputs, config, addressing)
     }
 }
