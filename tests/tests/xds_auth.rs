@@ -55,6 +55,7 @@ fn options(scratch: &ScratchDir, xds_addr: &str, security: XdsSecurity) -> Serve
         debounce: Duration::from_millis(50),
         test_hooks: false,
         xds_security: security,
+        limits: Default::default(),
     }
 }
 

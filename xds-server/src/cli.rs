@@ -1,6 +1,7 @@
 //! The command line. Every flag can also come from an environment variable
 //! (`XDS_...`, shown in `--help`).
 
+use crate::ads::Limits;
 use crate::bootstrap::{BootstrapParams, bootstrap_yaml, write_client_credentials};
 use crate::ca::CertificateAuthority;
 use crate::identity::Identity;
@@ -114,6 +115,62 @@ pub struct ServeArgs {
     pub insecure_xds: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What a client of the xDS port can make the server hold or do; the
+/// defaults and why are in `ads::limits`.
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Largest gRPC request message accepted, in bytes; a larger one ends its stream (OUT_OF_RANGE).
+    #[arg(long, env = "XDS_MAX_REQUEST_BYTES", default_value_t = Limits::DEFAULT.max_request_bytes)]
+    pub max_request_bytes: usize,
+    /// Largest gRPC response message sent, in bytes; a larger one ends its stream with a warning.
+    #[arg(long, env = "XDS_MAX_RESPONSE_BYTES", default_value_t = Limits::DEFAULT.max_response_bytes)]
+    pub max_response_bytes: usize,
+    /// Longest resource name (and node id) a request may carry, in bytes.
+    #[arg(long, env = "XDS_MAX_NAME_BYTES", default_value_t = Limits::DEFAULT.max_name_bytes)]
+    pub max_name_bytes: usize,
+    /// Most resource names one request may carry.
+    #[arg(long, env = "XDS_MAX_NAMES_PER_REQUEST", default_value_t = Limits::DEFAULT.max_names_per_request)]
+    pub max_names_per_request: usize,
+    /// Most resource names one delta stream may be subscribed to.
+    #[arg(long, env = "XDS_MAX_DELTA_SUBSCRIPTIONS", default_value_t = Limits::DEFAULT.max_delta_subscriptions)]
+    pub max_delta_subscriptions: usize,
+    /// HTTP/2 streams per xDS connection (an Envoy uses one).
+    #[arg(long, env = "XDS_MAX_STREAMS_PER_CONNECTION", default_value_t = Limits::DEFAULT.max_streams_per_connection)]
+    pub max_streams_per_connection: u32,
+    /// Open xDS connections; more are closed right after accept.
+    #[arg(long, env = "XDS_MAX_CONNECTIONS", default_value_t = Limits::DEFAULT.max_connections)]
+    pub max_connections: usize,
+    /// TLS handshakes on the xDS port in progress at once; more wait.
+    #[arg(long, env = "XDS_MAX_TLS_HANDSHAKES", default_value_t = Limits::DEFAULT.max_tls_handshakes)]
+    pub max_tls_handshakes: usize,
+    /// How long a client may take to finish its TLS handshake.
+    #[arg(long, env = "XDS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// How long a proxy may leave its response queue full before its stream is dropped.
+    #[arg(long, env = "XDS_SEND_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+}
+
+impl LimitArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            max_name_bytes: self.max_name_bytes,
+            max_names_per_request: self.max_names_per_request,
+            max_delta_subscriptions: self.max_delta_subscriptions,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_connections: self.max_connections,
+            max_tls_handshakes: self.max_tls_handshakes,
+            handshake_timeout: self.handshake_timeout,
+            send_timeout: self.send_timeout,
+            ..Limits::DEFAULT
+        }
+    }
 }
 
 /// The xDS security a flag asks for.
@@ -171,9 +228,9 @@ pub struct BootstrapArgs {
     /// The pod's IP; looked up in --config-dir when left out.
     #[arg(long)]
     pub ip: Option<IpAddr>,
-    /// Where the control plane's ADS server listens.
-    #[arg(long, env = "XDS_ADDR")]
-    pub xds_addr: SocketAddr,
+    /// Where the control plane's ADS server listens: one address per replica (repeat the flag or separate with commas); Envoy fails over between them.
+    #[arg(long, env = "XDS_ADDR", value_delimiter = ',', required = true)]
+    pub xds_addr: Vec<SocketAddr>,
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
@@ -224,6 +281,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    /// How long open xDS streams and connections get to close after
+    /// SIGTERM or SIGINT before the rest is cut off.
+    const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+    // Handlers first: a signal during start-up is then acted on once the
+    // servers are up, instead of killing the process half-way.
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut server = start(ServerOptions {
         config_paths: args.config_dirs,
         xds_addr: args.xds_addr,
@@ -237,21 +302,31 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         debounce: args.debounce,
         test_hooks: args.enable_test_hooks,
         xds_security: xds_security(args.insecure_xds),
+        limits: args.limits.limits(),
     })
     .await?;
-    tokio::select! {
+    let received = tokio::select! {
         _ = server.wait() => bail!("a server task stopped"),
-        r = tokio::signal::ctrl_c() => {
-            r.context("waiting for Ctrl-C")?;
-            tracing::info!("shutting down");
-            Ok(())
-        }
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = received,
+        grace_s = SHUTDOWN_GRACE.as_secs(),
+        "shutting down: accepting no new xDS connections, ending open streams"
+    );
+    // `shutdown` logs how it went; a second signal stops at once.
+    tokio::select! {
+        _ = server.shutdown(SHUTDOWN_GRACE) => {}
+        _ = term.recv() => tracing::warn!("SIGTERM again: stopping now"),
+        _ = int.recv() => tracing::warn!("SIGINT again: stopping now"),
     }
+    Ok(())
 }
 
 pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
     let snap = FileLoader::new(args.config_dirs.clone()).load();
-    let mesh = snap.build_mesh(args.mesh.mesh_config(), &args.mesh.addressing());
+    let (mesh, _) = snap.build_mesh(args.mesh.mesh_config(), &args.mesh.addressing());
     let found = mesh.workload(&args.namespace, &args.pod).map(|(_, w)| w);
     let ip = match (args.ip, found) {
         (Some(ip), _) => ip,
@@ -297,6 +372,13 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
             args.cert_lifetime,
         )?)
     };
+    // Each replica once, in the order given.
+    let mut xds_addrs: Vec<SocketAddr> = Vec::with_capacity(args.xds_addr.len());
+    for a in &args.xds_addr {
+        if !xds_addrs.contains(a) {
+            xds_addrs.push(*a);
+        }
+    }
     bootstrap_yaml(&BootstrapParams {
         namespace: &args.namespace,
         pod: &args.pod,
@@ -304,7 +386,7 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
         service_account: sa,
         labels: found.map(|w| &w.labels).unwrap_or(&empty),
         workload_name: found.map(|w| w.display_name()).unwrap_or(&args.pod),
-        xds_addr: args.xds_addr,
+        xds_addrs: &xds_addrs,
         delta: args.delta,
         admin: args.admin_addr.unwrap_or_else(|| {
             let host = if ip.is_loopback() {
@@ -347,7 +429,10 @@ pub fn validate(paths: Vec<PathBuf>, mesh: &MeshArgs) -> bool {
     for e in &snap.errors {
         println!("invalid  {e}");
     }
-    let built = snap.build_mesh(mesh.mesh_config(), &mesh.addressing());
+    let (built, build_diagnostics) = snap.build_mesh(mesh.mesh_config(), &mesh.addressing());
+    for d in build_diagnostics {
+        println!("{d}");
+    }
     for d in translator::translate(&built).diagnostics {
         println!("{d}");
     }

@@ -5,20 +5,27 @@
 //! see `xds_tls`. Plaintext xDS trusts the node id a client sends, so it is
 //! only served on a loopback address.
 
-use crate::ads::{AdsServer, Registry, Stats};
+use crate::ads::limits::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::ads::{AdsServer, Limits, Registry, Stats};
 use crate::ca::CertificateAuthority;
 use crate::debug;
 use crate::snapshots::{Settings, Snapshots};
 use crate::source::files::{FileLoader, watch_paths};
-use crate::xds_tls::{self, ServerCert};
+use crate::view::ConfigSource;
+use crate::xds_tls::{self, ConnectionLimit, Counted, ServerCert};
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
+
+// Graceful shutdown (SIGTERM/SIGINT in `serve`): see `server/drain.rs`.
+mod drain;
+pub use drain::{SHUTDOWN_MESSAGE, ShutdownReport};
+use drain::{Shutdown, ShutdownHandle};
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -33,6 +40,8 @@ pub struct ServerOptions {
     /// Enables `POST /debug/test/*` (fault injection for tests).
     pub test_hooks: bool,
     pub xds_security: XdsSecurity,
+    /// What a client of the xDS port can make the server hold or do.
+    pub limits: Limits,
 }
 
 /// How the xDS listener proves who its clients are.
@@ -81,6 +90,8 @@ pub struct RunningServer {
     pub ca: Arc<CertificateAuthority>,
     pub xds_security: XdsSecurity,
     tasks: Vec<JoinHandle<()>>,
+    /// Asks the ADS and debug servers to stop gracefully.
+    shutdown: ShutdownHandle,
 }
 
 impl Drop for RunningServer {
@@ -106,14 +117,60 @@ impl RunningServer {
         }
         self.tasks = rest;
     }
+
+    /// Stops gracefully: no new xDS or debug connections, every open ADS
+    /// stream ended with `UNAVAILABLE` (so each Envoy keeps its config and
+    /// reconnects, to another replica or to this one once it is back),
+    /// connections closed; waits at most `grace` for that, then stops
+    /// every task regardless.
+    pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        let report = self.shutdown.shutdown(grace).await;
+        if report.clean {
+            info!(
+                streams = report.ended_streams,
+                elapsed_ms = report.elapsed.as_millis() as u64,
+                "xDS shutdown complete: every open stream ended cleanly (UNAVAILABLE), every connection closed"
+            );
+        } else {
+            warn!(
+                streams = report.ended_streams,
+                grace_ms = grace.as_millis() as u64,
+                "shutdown grace elapsed with connections still open; closing them"
+            );
+        }
+        // Dropping `self` aborts what is left (watcher, rotation, any
+        // server that did not finish).
+        report
+    }
 }
 
-/// Serves ADS on the connections `incoming` yields, until it ends.
-fn serve_ads<IO, IE>(
-    ads: AdsServer<Snapshots>,
+/// Plaintext xDS connections accepted on `listener`, at most
+/// `max_connections` open at once (past it closed right after accept).
+fn plaintext_incoming(
+    listener: TcpListener,
+    max_connections: usize,
+    stats: Arc<Stats>,
+) -> impl futures::Stream<Item = std::io::Result<Counted<TcpStream>>> + Send + 'static {
+    let connections = ConnectionLimit::new(max_connections, stats);
+    futures::stream::unfold(
+        (listener, connections),
+        |(listener, connections)| async move {
+            let (tcp, _remote, slot) = connections.accept(&listener).await;
+            Some((Ok(Counted::new(tcp, slot)), (listener, connections)))
+        },
+    )
+}
+
+/// Serves ADS on the connections `incoming` yields, until it ends, with the
+/// HTTP/2 bounds of the server's [`Limits`]: streams per connection, and
+/// receive windows that cap what a client can have sent and we not yet read.
+fn serve_ads<S, IO, IE>(
+    ads: AdsServer<S>,
     incoming: impl futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    shutdown: Shutdown,
 ) -> JoinHandle<()>
 where
+    S: ConfigSource,
     IO: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
         + tonic::transport::server::Connected
@@ -122,11 +179,16 @@ where
         + 'static,
     IE: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let max_streams = ads.limits().max_streams_per_connection;
     tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
-            .add_service(ads.into_service())
-            .serve_with_incoming(incoming)
+            .max_concurrent_streams(max_streams)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .add_service(shutdown.wrap(ads.into_service()))
+            .serve_with_incoming_shutdown(incoming, shutdown.requested())
             .await;
+        drop(shutdown);
         if let Err(e) = r {
             warn!(error = %e, "xDS server stopped");
         }
@@ -143,6 +205,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let registry = Arc::new(Registry::default());
     let stats = Arc::new(Stats::default());
     let mut tasks = Vec::new();
+    let (shutdown_handle, shutdown) = drain::channel();
 
     let (mut loaded, watch_task) =
         watch_paths(FileLoader::new(opts.config_paths.clone()), opts.debounce)
@@ -171,7 +234,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
     }));
 
-    let ads = AdsServer::with_parts(snapshots.clone(), registry.clone(), stats.clone());
+    let ads = AdsServer::with_parts(snapshots.clone(), registry.clone(), stats.clone())
+        .with_limits(opts.limits.clone());
     let xds_listener = TcpListener::bind(opts.xds_addr)
         .await
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
@@ -196,7 +260,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             );
             let config = xds_tls::server_config(&ca, cert.clone())?;
             let ads = ads.with_peer_resolver(xds_tls::peer_from_tls(ca.trust_domain().to_string()));
-            tasks.push(serve_ads(ads, xds_tls::incoming(xds_listener, config)));
+            let incoming = xds_tls::incoming(xds_listener, config, &opts.limits, stats.clone());
+            tasks.push(serve_ads(ads, incoming, shutdown.clone()));
             tasks.push(tokio::spawn(async move {
                 loop {
                     let wait = match cert.rotate(SystemTime::now()) {
@@ -215,8 +280,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
         XdsSecurity::Insecure => {
             warn!(%xds_addr, "serving plaintext xDS: node ids are trusted as given");
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
-            tasks.push(serve_ads(ads, incoming));
+            let incoming =
+                plaintext_incoming(xds_listener, opts.limits.max_connections, stats.clone());
+            tasks.push(serve_ads(ads, incoming, shutdown.clone()));
         }
     }
 
@@ -230,8 +296,13 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         stats: stats.clone(),
         test_hooks: opts.test_hooks,
     });
+    let debug_shutdown = shutdown;
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(debug_listener, app).await {
+        let serve = axum::serve(debug_listener, app)
+            .with_graceful_shutdown(debug_shutdown.requested())
+            .await;
+        drop(debug_shutdown);
+        if let Err(e) = serve {
             warn!(error = %e, "debug server stopped");
         }
     }));
@@ -245,5 +316,116 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         ca,
         xds_security: opts.xds_security,
         tasks,
+        shutdown: shutdown_handle,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Peer;
+    use crate::view::{ProxyView, ViewError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// A source that is never ready: these tests stop at the transport.
+    struct NotReady(watch::Sender<u64>);
+
+    impl ConfigSource for NotReady {
+        fn view(&self, _node_id: &str, _peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
+            Err(ViewError::NotReady)
+        }
+
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.0.subscribe()
+        }
+    }
+
+    const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
+    const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 3;
+
+    /// Opens an HTTP/2 connection to `addr` and returns it with the
+    /// server's SETTINGS, or `None` if the server closed the connection.
+    async fn h2_settings(addr: SocketAddr) -> (TcpStream, Option<Vec<(u16, u32)>>) {
+        let mut tcp = TcpStream::connect(addr).await.expect("TCP connect");
+        // The client preface, then an empty SETTINGS frame.
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        preface.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let _ = tcp.write_all(&preface).await;
+        let read = async {
+            // Frames until the server's (non-ACK) SETTINGS, a bounded number.
+            for _ in 0..8 {
+                let mut header = [0u8; 9];
+                tcp.read_exact(&mut header).await.ok()?;
+                let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                tcp.read_exact(&mut payload).await.ok()?;
+                let (kind, flags) = (header[3], header[4]);
+                if kind == 4 && flags & 1 == 0 {
+                    return Some(
+                        payload
+                            .chunks_exact(6)
+                            .map(|s| {
+                                (
+                                    u16::from_be_bytes([s[0], s[1]]),
+                                    u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+                                )
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            None
+        };
+        let settings = tokio::time::timeout(DEADLINE, read)
+            .await
+            .expect("an answer or a close in time");
+        (tcp, settings)
+    }
+
+    #[tokio::test]
+    async fn plaintext_connections_are_limited_and_http2_bounds_advertised() {
+        let stats = Arc::new(Stats::default());
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::DEFAULT
+        };
+        let source = Arc::new(NotReady(watch::channel(0).0));
+        let ads = AdsServer::with_parts(source, Arc::default(), Arc::clone(&stats))
+            .with_limits(limits.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let incoming = plaintext_incoming(listener, limits.max_connections, Arc::clone(&stats));
+        // The handle is kept so the server is not told to stop.
+        let (_shutdown, signal) = super::drain::channel();
+        let server = serve_ads(ads, incoming, signal);
+
+        let (first, settings) = h2_settings(addr).await;
+        let settings = settings.expect("the first connection is served");
+        assert!(
+            settings.contains(&(SETTINGS_MAX_CONCURRENT_STREAMS, 16)),
+            "{settings:?}"
+        );
+        assert!(
+            settings.contains(&(SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW)),
+            "{settings:?}"
+        );
+        assert_eq!(stats.open_connections(), 1);
+
+        let (_second, refused) = h2_settings(addr).await;
+        assert_eq!(refused, None, "the second connection is closed");
+        assert_eq!(stats.refused_connections(), 1);
+
+        drop(first);
+        let start = std::time::Instant::now();
+        while stats.open_connections() != 0 {
+            assert!(start.elapsed() < DEADLINE, "the slot was not given back");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (_third, settings) = h2_settings(addr).await;
+        assert!(settings.is_some(), "served again once the first left");
+        server.abort();
+    }
 }

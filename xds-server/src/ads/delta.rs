@@ -14,6 +14,7 @@
 //! nonce only decides whether `error_detail` / an ACK refers to the latest
 //! response.
 
+use super::limits::{self, Limits, Refusal};
 use super::registry::{Nack, Subscription, TypeStatus};
 use super::stream::{Ended, Session, Variant};
 use crate::view::ConfigSource;
@@ -52,6 +53,10 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
         request.node.as_ref()
     }
 
+    fn check(limits: &Limits, request: &DeltaDiscoveryRequest) -> Result<(), Refusal> {
+        limits::check_delta(limits, request)
+    }
+
     fn new(session: Session<S, DeltaDiscoveryResponse>) -> Self {
         Delta {
             session,
@@ -84,6 +89,20 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
             self.session.unknown_type(&type_url);
             return Ok(());
         };
+        let bounds = &self.session.shared.limits;
+        let (max_subscriptions, max_nack) = (
+            bounds.max_delta_subscriptions,
+            bounds.max_nack_message_bytes,
+        );
+        // Names this stream subscribed to in its other types: the bound is
+        // per stream.
+        let others: usize = self
+            .types
+            .iter()
+            .filter(|(k, _)| **k != kind)
+            .filter_map(|(_, t)| t.status.subscription.as_ref())
+            .map(|s| s.names.len())
+            .sum();
         let first = !self.types.contains_key(&kind);
         let state = self.types.entry(kind).or_default();
         let subscription = state
@@ -94,19 +113,33 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
                 wildcard: kind.is_wildcard() && resource_names_subscribe.is_empty(),
                 names: BTreeSet::new(),
             });
+        // Whether the subscription changed: a request repeating what the
+        // stream already has costs no copy and no diff.
+        let mut changed = first;
+        let mut removed = first;
         for name in resource_names_subscribe {
             if name == "*" {
+                changed |= !subscription.wildcard;
                 subscription.wildcard = true;
             } else {
-                subscription.names.insert(name);
+                changed |= subscription.names.insert(name);
             }
         }
         for name in resource_names_unsubscribe {
-            if name == "*" {
-                subscription.wildcard = false;
+            let gone = if name == "*" {
+                std::mem::replace(&mut subscription.wildcard, false)
             } else {
-                subscription.names.remove(&name);
-            }
+                subscription.names.remove(&name)
+            };
+            removed |= gone;
+        }
+        changed |= removed;
+        // Checked after the fact: one request can only go past the bound
+        // by its own names, which `check_delta` bounded.
+        if let Err(refusal) =
+            limits::check_subscriptions_of(max_subscriptions, others + subscription.names.len())
+        {
+            return Err(self.session.refuse(refusal).await);
         }
         if first {
             state.held = initial_resource_versions
@@ -116,33 +149,41 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
         } else if !initial_resource_versions.is_empty() {
             tracing::debug!(%kind, "ignoring initial_resource_versions after the first request");
         }
-        // The proxy drops what it unsubscribed from; forget we sent it, so a
-        // later subscription sends it again.
-        let subscription = subscription.clone();
-        state.held.retain(|name, _| subscription.covers(name));
-        if state
-            .status
-            .sent
-            .keys()
-            .any(|name| !subscription.covers(name))
-        {
-            Arc::make_mut(&mut state.status.sent).retain(|name, _| subscription.covers(name));
+        if removed {
+            // The proxy drops what it unsubscribed from; forget we sent it,
+            // so a later subscription sends it again. (On the first request,
+            // drops initial versions of names it is not subscribed to.)
+            let subscription: &Subscription = subscription;
+            state.held.retain(|name, _| subscription.covers(name));
+            if state
+                .status
+                .sent
+                .keys()
+                .any(|name| !subscription.covers(name))
+            {
+                Arc::make_mut(&mut state.status.sent).retain(|name, _| subscription.covers(name));
+            }
         }
 
+        let mut dirty = changed;
         if !response_nonce.is_empty() {
             match &state.status.sent_nonce {
                 Some(sent) if *sent == response_nonce => {
                     if let Some(error) = error_detail {
                         let version = state.status.sent_version.clone().unwrap_or_default();
-                        tracing::warn!(%kind, %version, nonce = %response_nonce, error = %error.message, "proxy rejected configuration (NACK)");
+                        // Kept for the debug endpoints and logged: bounded.
+                        let message = limits::truncate(error.message, max_nack);
+                        tracing::warn!(%kind, %version, nonce = %response_nonce, error = %message, "proxy rejected configuration (NACK)");
                         state.status.last_nack = Some(Nack {
                             version,
-                            message: error.message,
+                            message,
                             at: SystemTime::now(),
                         });
                         self.session.stats().record_nack(kind);
-                    } else {
+                        dirty = true;
+                    } else if state.status.acked_version != state.status.sent_version {
                         state.status.acked_version = state.status.sent_version.clone();
+                        dirty = true;
                     }
                 }
                 _ => {
@@ -150,9 +191,17 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
                 }
             }
         }
-        self.session.publish(kind, &state.status);
-        // The first request of a type always gets an answer, even an empty
-        // one: Envoy's initialization waits for it.
+        if dirty {
+            self.session.publish(kind, &state.status);
+        }
+        // Every push leaves nothing to send for the subscription it was
+        // made for, so an unchanged one has nothing new until the view
+        // changes (which `on_change` handles). The first request of a type
+        // always gets an answer, even an empty one: Envoy's initialization
+        // waits for it.
+        if !changed {
+            return Ok(());
+        }
         self.push(kind, first, at).await
     }
 

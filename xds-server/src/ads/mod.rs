@@ -6,9 +6,12 @@
 //! responses into its own bounded queue, so a slow proxy only ever delays
 //! itself. `stream.rs` runs that loop and holds what both protocol variants
 //! share; `sotw.rs` and `delta.rs` speak the two variants;
-//! [`Registry`] and [`Stats`] are what the debug endpoints read.
+//! [`Registry`] and [`Stats`] are what the debug endpoints read; [`Limits`]
+//! bounds what a client can make the server hold or do.
 
 mod delta;
+pub mod limits;
+mod queue;
 pub mod registry;
 mod sotw;
 pub mod stats;
@@ -16,6 +19,8 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use limits::Limits;
+pub use queue::ResponseStream;
 pub use registry::{
     ConnectionId, ConnectionStatus, Nack, Registry, Subscription, SyncState, TypeStatus,
 };
@@ -34,8 +39,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use futures::Stream;
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Request, Response, Status, Streaming};
 use tracing::Instrument as _;
@@ -51,11 +54,9 @@ pub fn peer_from_extensions(_metadata: &MetadataMap, extensions: &Extensions) ->
 }
 
 /// Responses queued per stream before the stream's task waits for the
-/// proxy to read: bounds memory per slow proxy without affecting others.
+/// proxy to read (at most [`Limits::send_timeout`]): bounds memory per slow
+/// proxy without affecting others.
 pub const RESPONSE_QUEUE: usize = 16;
-
-/// The response stream of one ADS stream.
-pub type ResponseStream<R> = ReceiverStream<Result<R, Status>>;
 
 /// The ADS server: serves both state-of-the-world and delta xDS from one
 /// [`ConfigSource`]. Cheap to clone; clones share the registry and stats.
@@ -86,7 +87,24 @@ impl<S: ConfigSource> AdsServer<S> {
                 registry,
                 stats,
                 peer_of: Arc::new(peer_from_extensions),
+                limits: Limits::default(),
             }),
+        }
+    }
+
+    /// A server like this one with `change` applied to its shared parts
+    /// (before any stream is served).
+    fn rebuilt(self, change: impl FnOnce(&mut Shared<S>)) -> Self {
+        let mut shared = Shared {
+            source: Arc::clone(&self.shared.source),
+            registry: Arc::clone(&self.shared.registry),
+            stats: Arc::clone(&self.shared.stats),
+            peer_of: Arc::clone(&self.shared.peer_of),
+            limits: self.shared.limits.clone(),
+        };
+        change(&mut shared);
+        AdsServer {
+            shared: Arc::new(shared),
         }
     }
 
@@ -95,14 +113,17 @@ impl<S: ConfigSource> AdsServer<S> {
         self,
         resolver: impl Fn(&MetadataMap, &Extensions) -> Peer + Send + Sync + 'static,
     ) -> Self {
-        AdsServer {
-            shared: Arc::new(Shared {
-                source: Arc::clone(&self.shared.source),
-                registry: Arc::clone(&self.shared.registry),
-                stats: Arc::clone(&self.shared.stats),
-                peer_of: Arc::new(resolver),
-            }),
-        }
+        self.rebuilt(|shared| shared.peer_of = Arc::new(resolver))
+    }
+
+    /// Replaces the [`Limits`] (default: [`Limits::DEFAULT`]).
+    pub fn with_limits(self, limits: Limits) -> Self {
+        self.rebuilt(|shared| shared.limits = limits)
+    }
+
+    /// The bounds this server enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
     }
 
     /// The open streams, for the debug endpoints.
@@ -115,9 +136,16 @@ impl<S: ConfigSource> AdsServer<S> {
         Arc::clone(&self.shared.stats)
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`.
+    /// The tonic service to add to a `tonic::transport::Server`, with the
+    /// message size limits of [`Limits`].
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        let decode = self.shared.limits.max_request_bytes;
+        // Our own check in `Session::send` refuses larger responses with a
+        // clear log first; this is the backstop.
+        let encode = self.shared.limits.max_response_bytes;
         AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(decode)
+            .max_encoding_message_size(encode)
     }
 
     /// Serves one state-of-the-world stream from any request stream: spawns
@@ -127,7 +155,7 @@ impl<S: ConfigSource> AdsServer<S> {
     where
         In: Stream<Item = Result<DiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let (tx, rx) = queue::response_queue(RESPONSE_QUEUE, self.shared.limits.send_timeout);
         let id = self.shared.registry.next_id();
         let span = tracing::info_span!(
             "ads",
@@ -137,7 +165,7 @@ impl<S: ConfigSource> AdsServer<S> {
         );
         let task = drive::<S, sotw::Sotw<S>, In>(Arc::clone(&self.shared), id, requests, tx, peer);
         tokio::spawn(task.instrument(span));
-        ReceiverStream::new(rx)
+        rx
     }
 
     /// Serves one delta (incremental) stream; see [`AdsServer::serve_sotw`].
@@ -149,14 +177,14 @@ impl<S: ConfigSource> AdsServer<S> {
     where
         In: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
-        let (tx, rx) = mpsc::channel(RESPONSE_QUEUE);
+        let (tx, rx) = queue::response_queue(RESPONSE_QUEUE, self.shared.limits.send_timeout);
         let id = self.shared.registry.next_id();
         let span =
             tracing::info_span!("ads", conn = id, node = tracing::field::Empty, delta = true);
         let task =
             drive::<S, delta::Delta<S>, In>(Arc::clone(&self.shared), id, requests, tx, peer);
         tokio::spawn(task.instrument(span));
-        ReceiverStream::new(rx)
+        rx
     }
 }
 

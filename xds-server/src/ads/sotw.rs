@@ -16,6 +16,7 @@
 //! `version_info` of a stream's first request (left from an earlier server)
 //! is not trusted: a new stream always gets the current state.
 
+use super::limits::{self, Limits, Refusal};
 use super::registry::{Nack, Subscription, TypeStatus};
 use super::stream::{Ended, Session, Variant};
 use crate::view::ConfigSource;
@@ -40,6 +41,10 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
         request.node.as_ref()
+    }
+
+    fn check(limits: &Limits, request: &DiscoveryRequest) -> Result<(), Refusal> {
+        limits::check_sotw(limits, request)
     }
 
     fn new(session: Session<S, DiscoveryResponse>) -> Self {
@@ -68,7 +73,11 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
             self.session.unknown_type(&type_url);
             return Ok(());
         };
+        let max_nack = self.session.shared.limits.max_nack_message_bytes;
         let status = self.types.entry(kind).or_default();
+        // Whether the registry's copy is out of date: a repeated ACK of the
+        // same version and names is common and needs no copy.
+        let mut dirty = status.sent_nonce.is_none();
         if let Some(sent_nonce) = &status.sent_nonce {
             if *sent_nonce != response_nonce {
                 tracing::debug!(%kind, nonce = %response_nonce, latest = %sent_nonce, "ignoring stale request");
@@ -76,21 +85,30 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
             }
             if let Some(error) = error_detail {
                 let version = status.sent_version.clone().unwrap_or_default();
-                tracing::warn!(%kind, %version, nonce = %response_nonce, error = %error.message, "proxy rejected configuration (NACK)");
+                // Kept for the debug endpoints and logged: bounded.
+                let message = limits::truncate(error.message, max_nack);
+                tracing::warn!(%kind, %version, nonce = %response_nonce, error = %message, "proxy rejected configuration (NACK)");
                 status.last_nack = Some(Nack {
                     version,
-                    message: error.message,
+                    message,
                     at: SystemTime::now(),
                 });
                 self.session.stats().record_nack(kind);
-            } else {
+                dirty = true;
+            } else if status.acked_version.as_ref() != Some(&version_info) {
                 status.acked_version = Some(version_info);
+                dirty = true;
             }
         }
         let subscription = sotw_subscription(kind, resource_names);
         let changed = status.subscription.as_ref() != Some(&subscription);
-        status.subscription = Some(subscription);
-        self.session.publish(kind, status);
+        if changed {
+            status.subscription = Some(subscription);
+            dirty = true;
+        }
+        if dirty {
+            self.session.publish(kind, status);
+        }
         self.push(kind, changed, at).await
     }
 

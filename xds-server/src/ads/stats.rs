@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
+
+use super::limits::Limit;
 use tracing::warn;
 use translator::ResourceType;
 
@@ -57,6 +59,14 @@ fn slot(kind: ResourceType) -> usize {
     }
 }
 
+/// Index of a limit in [`Limit::ALL`].
+fn limit_slot(limit: Limit) -> usize {
+    Limit::ALL
+        .iter()
+        .position(|l| *l == limit)
+        .unwrap_or_default()
+}
+
 /// One counter per type in `family`, created up front so every type is
 /// rendered (with 0) from the start; the handles share the family's values
 /// and let the hot path skip the family's lock.
@@ -64,6 +74,18 @@ fn per_type(family: &Family<TypeLabel, Counter>) -> [Counter; 5] {
     let mut out: [Counter; 5] = Default::default();
     for kind in ResourceType::PUSH_ORDER {
         out[slot(kind)] = family.get_or_create(&type_label(kind)).clone();
+    }
+    out
+}
+
+/// The label set of `xds_refused_requests`: `limit="name_length"` and so on.
+type LimitLabel = [(&'static str, &'static str); 1];
+
+/// One counter per [`Limit`], created up front like [`per_type`].
+fn per_limit(family: &Family<LimitLabel, Counter>) -> [Counter; Limit::ALL.len()] {
+    let mut out: [Counter; Limit::ALL.len()] = Default::default();
+    for (i, limit) in Limit::ALL.into_iter().enumerate() {
+        out[i] = family.get_or_create(&[("limit", limit.as_str())]).clone();
     }
     out
 }
@@ -78,6 +100,13 @@ pub struct Stats {
     rejected_streams: Counter,
     pushes: [Counter; 5],
     nacks: [Counter; 5],
+    requests: Counter,
+    refused_requests: [Counter; Limit::ALL.len()],
+    oversized_responses: Counter,
+    slow_streams_dropped: Counter,
+    open_connections: Gauge,
+    refused_connections: Counter,
+    tls_handshakes: Gauge,
     /// Time from what triggered a response (a config change or a request)
     /// until the response was accepted by the stream's send queue.
     pub push_latency: Histogram,
@@ -120,6 +149,48 @@ impl Default for Stats {
             "Time from a config change or request to the response entering the stream's send queue",
             push_latency.inner.clone(),
         );
+        let requests = Counter::default();
+        registry.register(
+            "xds_requests",
+            "ADS requests received on all streams",
+            requests.clone(),
+        );
+        let refused_requests = Family::<LimitLabel, Counter>::default();
+        registry.register(
+            "xds_refused_requests",
+            "ADS streams ended because a request went past a limit, by limit",
+            refused_requests.clone(),
+        );
+        let oversized_responses = Counter::default();
+        registry.register(
+            "xds_oversized_responses",
+            "ADS streams ended because a response was larger than the maximum response size",
+            oversized_responses.clone(),
+        );
+        let slow_streams_dropped = Counter::default();
+        registry.register(
+            "xds_slow_streams_dropped",
+            "ADS streams dropped because the proxy did not read responses within the send timeout",
+            slow_streams_dropped.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "xds_open_connections",
+            "xDS connections open right now, including those in their TLS handshake",
+            open_connections.clone(),
+        );
+        let refused_connections = Counter::default();
+        registry.register(
+            "xds_refused_connections",
+            "xDS connections closed right after accept because the connection limit was reached",
+            refused_connections.clone(),
+        );
+        let tls_handshakes = Gauge::default();
+        registry.register(
+            "xds_tls_handshakes_in_progress",
+            "TLS handshakes on the xDS port in progress right now",
+            tls_handshakes.clone(),
+        );
         Stats {
             registry,
             connected,
@@ -127,6 +198,13 @@ impl Default for Stats {
             rejected_streams,
             pushes: per_type(&pushes),
             nacks: per_type(&nacks),
+            requests,
+            refused_requests: per_limit(&refused_requests),
+            oversized_responses,
+            slow_streams_dropped,
+            open_connections,
+            refused_connections,
+            tls_handshakes,
             push_latency,
         }
     }
@@ -151,6 +229,77 @@ impl Stats {
     /// Streams that were refused because their node could not be served.
     pub fn rejected_streams(&self) -> u64 {
         self.rejected_streams.get()
+    }
+
+    /// Requests received on all ADS streams since start.
+    pub fn requests(&self) -> u64 {
+        self.requests.get()
+    }
+
+    /// Streams ended because a request went past `limit`.
+    pub fn refused_requests(&self, limit: Limit) -> u64 {
+        self.refused_requests[limit_slot(limit)].get()
+    }
+
+    /// Streams ended because a response was too large to send.
+    pub fn oversized_responses(&self) -> u64 {
+        self.oversized_responses.get()
+    }
+
+    /// Streams dropped because their proxy stopped reading.
+    pub fn slow_streams_dropped(&self) -> u64 {
+        self.slow_streams_dropped.get()
+    }
+
+    /// xDS connections open right now.
+    pub fn open_connections(&self) -> i64 {
+        self.open_connections.get()
+    }
+
+    /// xDS connections closed at accept because of the connection limit.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_connections.get()
+    }
+
+    /// TLS handshakes in progress right now.
+    pub fn tls_handshakes(&self) -> i64 {
+        self.tls_handshakes.get()
+    }
+
+    pub(crate) fn request_received(&self) {
+        self.requests.inc();
+    }
+
+    pub(crate) fn request_refused(&self, limit: Limit) {
+        self.refused_requests[limit_slot(limit)].inc();
+    }
+
+    pub(crate) fn response_oversized(&self) {
+        self.oversized_responses.inc();
+    }
+
+    pub(crate) fn slow_stream_dropped(&self) {
+        self.slow_streams_dropped.inc();
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.refused_connections.inc();
+    }
+
+    pub(crate) fn handshake_started(&self) {
+        self.tls_handshakes.inc();
+    }
+
+    pub(crate) fn handshake_finished(&self) {
+        self.tls_handshakes.dec();
     }
 
     pub(crate) fn stream_opened(&self) {
@@ -250,6 +399,12 @@ mod tests {
             "xds_nacks_total{type=\"SDS\"} 0\n",
             "# TYPE xds_push_latency_seconds histogram\n",
             "xds_push_latency_seconds_bucket{le=\"0.0025\"} 2\n",
+            "xds_requests_total 0\n",
+            "xds_refused_requests_total{limit=\"name_length\"} 0\n",
+            "xds_slow_streams_dropped_total 0\n",
+            "xds_open_connections 0\n",
+            "xds_refused_connections_total 0\n",
+            "xds_tls_handshakes_in_progress 0\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

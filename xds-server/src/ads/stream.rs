@@ -3,6 +3,8 @@
 //! changes as they come ([`drive`]). `sotw.rs` and `delta.rs` implement
 //! [`Variant`] on top of the [`Session`] kept here.
 
+use super::limits::{Limit, Limits, Refusal};
+use super::queue::{Responder, Unsent};
 use super::registry::{ConnectionId, ConnectionStatus, Registry, TypeStatus};
 use super::stats::Stats;
 use crate::identity::Peer;
@@ -12,7 +14,7 @@ use futures::{Stream, StreamExt};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Status};
 use translator::ResourceType;
@@ -43,18 +45,22 @@ pub(super) struct Shared<S> {
     pub(super) registry: Arc<Registry>,
     pub(super) stats: Arc<Stats>,
     pub(super) peer_of: PeerResolver,
+    pub(super) limits: Limits,
 }
 
 /// One protocol variant (state of the world or delta) of an identified
 /// stream; [`drive`] runs the loop common to both.
 pub(super) trait Variant<S: ConfigSource>: Sized + Send {
     type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Response: prost::Message + Send + 'static;
     /// Whether this is the delta variant (for the registry).
     const DELTA: bool;
 
     /// The node a request names (Envoy sets it at least on the first).
     fn node(request: &Self::Request) -> Option<&Node>;
+    /// Checks a request against the per-request bounds of [`Limits`],
+    /// before anything else looks at it.
+    fn check(limits: &Limits, request: &Self::Request) -> Result<(), Refusal>;
     fn new(session: Session<S, Self::Response>) -> Self;
     fn session(&self) -> &Session<S, Self::Response>;
     /// Handles one request that arrived at `at`.
@@ -70,11 +76,16 @@ pub(super) trait Variant<S: ConfigSource>: Sized + Send {
 /// Runs one stream until the proxy goes away or the stream is ended with a
 /// status: identify the node from the first request, then serve requests
 /// and config changes as they come, whichever is first.
+///
+/// Requests are taken one at a time, each after the previous one was
+/// handled: tonic reads the request body only when asked, so a client
+/// sending faster than that is held back by HTTP/2 flow control, not
+/// buffered here.
 pub(super) async fn drive<S, P, In>(
     shared: Arc<Shared<S>>,
     id: ConnectionId,
     mut requests: In,
-    tx: mpsc::Sender<Result<P::Response, Status>>,
+    tx: Responder<P::Response>,
     peer: Peer,
 ) where
     S: ConfigSource,
@@ -84,11 +95,17 @@ pub(super) async fn drive<S, P, In>(
     let first = match requests.next().await {
         Some(Ok(first)) => first,
         Some(Err(status)) => {
-            tracing::debug!(%status, "stream failed before its first request");
+            request_failed(&shared, &tx, None, status).await;
             return;
         }
         None => return,
     };
+    shared.stats.request_received();
+    if let Err(refusal) = P::check(&shared.limits, &first) {
+        // Not identified yet: the node id may be what is too long.
+        refuse(&shared, &tx, None, refusal).await;
+        return;
+    }
     let accepted = Session::accept(shared, id, P::node(&first), peer, P::DELTA, tx).await;
     let Ok((session, mut changes)) = accepted else {
         return;
@@ -102,12 +119,22 @@ pub(super) async fn drive<S, P, In>(
         tokio::select! {
             request = requests.next() => match request {
                 Some(Ok(request)) => {
+                    let session = stream.session();
+                    session.stats().request_received();
+                    if let Err(refusal) = P::check(&session.shared.limits, &request) {
+                        session.refuse(refusal).await;
+                        break;
+                    }
                     if stream.on_request(request, Instant::now()).await.is_err() {
                         break;
                     }
+                    // A client sending requests back to back always has the
+                    // next one ready: give other tasks on this worker a turn.
+                    tokio::task::coop::consume_budget().await;
                 }
                 Some(Err(status)) => {
-                    tracing::debug!(%status, "request stream ended with an error");
+                    let session = stream.session();
+                    request_failed(&session.shared, &session.tx, Some(&session.node_id), status).await;
                     break;
                 }
                 None => break,
@@ -125,6 +152,65 @@ pub(super) async fn drive<S, P, In>(
                 }
             },
             () = stream.session().closed() => break,
+        }
+    }
+}
+
+/// The request stream failed: a request tonic refused to decode (too
+/// large: OUT_OF_RANGE), or the transport broke. Passes the status on, so a
+/// client that is still there learns why its stream ends.
+async fn request_failed<S, R>(
+    shared: &Shared<S>,
+    tx: &Responder<R>,
+    node: Option<&str>,
+    status: Status,
+) {
+    if status.code() == tonic::Code::OutOfRange {
+        tracing::warn!(node = node.unwrap_or_default(), %status, max_request_bytes = shared.limits.max_request_bytes, "ending ADS stream: request too large");
+        shared.stats.request_refused(Limit::MessageSize);
+    } else {
+        tracing::debug!(%status, "request stream ended with an error");
+    }
+    deliver(shared, tx, node, Err(status)).await.ok();
+}
+
+/// Ends a stream whose request went past a limit, saying which. `node` is
+/// `None` before the stream is identified.
+async fn refuse<S, R>(shared: &Shared<S>, tx: &Responder<R>, node: Option<&str>, refusal: Refusal) {
+    let Refusal { limit, status } = refusal;
+    tracing::warn!(node = node.unwrap_or_default(), limit = limit.as_str(), reason = %status.message(), "ending ADS stream: request past a limit");
+    shared.stats.request_refused(limit);
+    deliver(shared, tx, node, Err(status)).await.ok();
+}
+
+/// Queues a response or the final status, waiting at most the send timeout
+/// while the queue is full. A proxy that reads nothing for that long is
+/// dropped: its queue is emptied and the stream ends.
+async fn deliver<S, R>(
+    shared: &Shared<S>,
+    tx: &Responder<R>,
+    node: Option<&str>,
+    item: Result<R, Status>,
+) -> Result<(), Ended> {
+    match tx.send(item).await {
+        Ok(()) => Ok(()),
+        Err(Unsent::Closed) => Err(Ended),
+        Err(Unsent::TimedOut) => {
+            let timeout = shared.limits.send_timeout;
+            tracing::warn!(
+                node = node.unwrap_or_default(),
+                timeout = %humantime::format_duration(timeout),
+                queued = super::RESPONSE_QUEUE,
+                "dropping ADS stream: the proxy has not read a response for the whole send timeout"
+            );
+            shared.stats.slow_stream_dropped();
+            tx.abort(Status::resource_exhausted(format!(
+                "the proxy did not read responses for {} while {} were queued \
+                 (--send-timeout); dropping the stream",
+                humantime::format_duration(timeout),
+                super::RESPONSE_QUEUE
+            )));
+            Err(Ended)
         }
     }
 }
@@ -156,13 +242,13 @@ pub(super) struct Session<S: ConfigSource, R> {
     pub(super) node_id: String,
     pub(super) peer: Peer,
     pub(super) view: Arc<ProxyView>,
-    pub(super) tx: mpsc::Sender<Result<R, Status>>,
+    pub(super) tx: Responder<R>,
     pub(super) nonce: u64,
     pub(super) warned_types: HashSet<String>,
     _registered: Registered<S>,
 }
 
-impl<S: ConfigSource, R> Session<S, R> {
+impl<S: ConfigSource, R: prost::Message> Session<S, R> {
     /// Identifies the stream from its first request and registers it, or
     /// ends it with a status saying why it cannot be served. Returns the
     /// change signal, already marked seen as of the view it fetched.
@@ -172,7 +258,7 @@ impl<S: ConfigSource, R> Session<S, R> {
         node: Option<&Node>,
         peer: Peer,
         delta: bool,
-        tx: mpsc::Sender<Result<R, Status>>,
+        tx: Responder<R>,
     ) -> Result<(Self, watch::Receiver<u64>), Ended> {
         let node_id = node.map(|n| n.id.clone()).unwrap_or_default();
         if node_id.is_empty() {
@@ -180,7 +266,7 @@ impl<S: ConfigSource, R> Session<S, R> {
             shared.stats.stream_rejected();
             let status =
                 Status::invalid_argument("the first request on an ADS stream must carry node.id");
-            let _ = tx.send(Err(status)).await;
+            deliver(&shared, &tx, None, Err(status)).await.ok();
             return Err(Ended);
         }
         tracing::Span::current().record("node", node_id.as_str());
@@ -191,7 +277,9 @@ impl<S: ConfigSource, R> Session<S, R> {
             Err(error) => {
                 tracing::warn!(node = %node_id, %error, "refusing ADS stream");
                 shared.stats.stream_rejected();
-                let _ = tx.send(Err(status_of(&error))).await;
+                deliver(&shared, &tx, Some(&node_id), Err(status_of(&error)))
+                    .await
+                    .ok();
                 return Err(Ended);
             }
         };
@@ -230,14 +318,35 @@ impl<S: ConfigSource, R> Session<S, R> {
         self.nonce.to_string()
     }
 
-    /// Queues a response, waiting while the proxy is slow to read.
+    /// Queues a response, waiting while the proxy is slow to read (at most
+    /// the send timeout, then the stream is dropped). A response larger
+    /// than the proxy may be sent ends the stream instead.
     pub(super) async fn send(&self, response: R) -> Result<(), Ended> {
-        self.tx.send(Ok(response)).await.map_err(|_| Ended)
+        let size = response.encoded_len();
+        let max = self.shared.limits.max_response_bytes;
+        if size > max {
+            tracing::warn!(node = %self.node_id, size, max, "ending ADS stream: response larger than --max-response-bytes");
+            self.shared.stats.response_oversized();
+            let status = Status::resource_exhausted(format!(
+                "the response is {size} bytes, more than the server's limit of {max} bytes \
+                 (--max-response-bytes)"
+            ));
+            return Err(self.fail(status).await);
+        }
+        deliver(&self.shared, &self.tx, Some(&self.node_id), Ok(response)).await
     }
 
     /// Ends the stream with `status`.
     pub(super) async fn fail(&self, status: Status) -> Ended {
-        let _ = self.tx.send(Err(status)).await;
+        deliver(&self.shared, &self.tx, Some(&self.node_id), Err(status))
+            .await
+            .ok();
+        Ended
+    }
+
+    /// Ends the stream because a request went past `refusal`'s limit.
+    pub(super) async fn refuse(&self, refusal: Refusal) -> Ended {
+        refuse(&self.shared, &self.tx, Some(&self.node_id), refusal).await;
         Ended
     }
 

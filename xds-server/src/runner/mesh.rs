@@ -142,6 +142,7 @@ impl LocalMesh {
             debounce: Duration::from_millis(100),
             test_hooks: opts.test_hooks,
             xds_security: XdsSecurity::MutualTls,
+            limits: Default::default(),
         })
         .await?;
         let mut mesh = LocalMesh {
@@ -245,7 +246,7 @@ impl LocalMesh {
             service_account: &w.service_account,
             labels: &w.labels,
             workload_name: w.display_name(),
-            xds_addr: self.server.xds_addr,
+            xds_addrs: &[self.server.xds_addr],
             delta: self.opts.delta,
             admin: admin_addr,
             cluster_domain: &self.opts.mesh.cluster_domain,

@@ -35,6 +35,18 @@ impl Stream {
             .expect("a response before the end of the stream")
     }
 
+    /// The status the stream ends with, skipping responses still queued
+    /// before it; fails the test if the stream ends without an error.
+    pub(in crate::ads) async fn status(&mut self) -> Status {
+        loop {
+            match self.rx.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error status"),
+                Err(status) => return status,
+            }
+        }
+    }
+
     async fn ack(&self, response: &DeltaDiscoveryResponse) {
         let kind = ResourceType::from_type_url(&response.type_url).expect("known type");
         self.send(request(kind, &[], &[], &response.nonce)).await;

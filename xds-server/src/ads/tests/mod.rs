@@ -9,6 +9,7 @@
 //! next message.
 
 mod delta;
+mod limits;
 mod sotw;
 
 use super::*;
@@ -27,7 +28,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
 use translator::ResourceType;
 use translator::{ProxyResources, Resource, ResourceMap};
 
@@ -251,6 +254,12 @@ pub(super) fn setup() -> (Arc<FakeSource>, AdsServer<FakeSource>) {
     source.set(NODE, &base());
     let server = AdsServer::new(Arc::clone(&source));
     (source, server)
+}
+
+/// Like [`setup`], with `limits` instead of the defaults.
+pub(super) fn setup_with(limits: Limits) -> (Arc<FakeSource>, AdsServer<FakeSource>) {
+    let (source, server) = setup();
+    (source, server.with_limits(limits))
 }
 
 /// [`base`] with `replaced` swapped in (by kind and name) and `removed` gone.

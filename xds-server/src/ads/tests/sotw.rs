@@ -46,6 +46,18 @@ impl Stream {
             .expect("a response before the end of the stream")
     }
 
+    /// The status the stream ends with, skipping responses still queued
+    /// before it; fails the test if the stream ends without an error.
+    pub(in crate::ads) async fn status(&mut self) -> Status {
+        loop {
+            match self.rx.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error status"),
+                Err(status) => return status,
+            }
+        }
+    }
+
     /// Sends an ACK of `response`, subscribed to `names`.
     async fn ack(&self, response: &DiscoveryResponse, names: &[&str]) {
         let kind = ResourceType::from_type_url(&response.type_url).expect("known type");
