@@ -7,6 +7,7 @@
 //! then they return at once and are counted as skipped (see [`envoy_rule`]).
 
 pub mod envoy_rule;
+pub mod external;
 pub mod mesh;
 
 use std::io;

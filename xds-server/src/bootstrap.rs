@@ -8,6 +8,16 @@
 //! what proves the workload's identity to the control plane, so its key is
 //! written with mode 0600 and lives as long as `--cert-lifetime` (30 days
 //! by default): re-run `bootstrap` and restart Envoy before then.
+//!
+//! Several control plane replicas (sharing one state directory, hence one
+//! root) can be listed: the ADS cluster has one endpoint per address, and
+//! Envoy opens each new ADS stream on the next endpoint in round-robin
+//! order. When the stream's replica goes away (it ends the stream on
+//! shutdown, or its connection breaks), Envoy's next attempt goes to the
+//! next replica; an attempt on one that is down fails to connect at once
+//! and the retry after it moves on again. The retry backoff is capped
+//! ([`XDS_RETRY_MAX`]) so a sidecar is never more than a few seconds from
+//! a replica that is back.
 
 use crate::ca::{CertificateAuthority, write_atomically};
 use crate::identity::Identity;
@@ -76,7 +86,9 @@ pub struct BootstrapParams<'a> {
     pub labels: &'a BTreeMap<String, String>,
     /// The Deployment (or the pod) name.
     pub workload_name: &'a str,
-    pub xds_addr: SocketAddr,
+    /// The control plane's ADS addresses (one per replica), in order; at
+    /// least one.
+    pub xds_addrs: &'a [SocketAddr],
     pub delta: bool,
     pub admin: SocketAddr,
     pub cluster_domain: &'a str,
@@ -85,6 +97,12 @@ pub struct BootstrapParams<'a> {
 }
 
 pub const XDS_CLUSTER: &str = "xds-grpc";
+
+/// First and longest wait before Envoy re-opens a broken ADS stream
+/// (jittered, doubling in between). Envoy's own defaults are 0.5 s and 30 s;
+/// 30 s is long to be without a control plane that is already back.
+pub const XDS_RETRY_BASE: &str = "0.5s";
+pub const XDS_RETRY_MAX: &str = "5s";
 
 pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
     let node_id =
@@ -95,6 +113,18 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
         .map(String::as_str)
         .unwrap_or(p.workload_name);
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    // One locality, one endpoint per replica: round robin (the default
+    // policy) puts each new stream on the next one.
+    let lb_endpoints: Vec<Value> = p
+        .xds_addrs
+        .iter()
+        .map(|a| {
+            json!({"endpoint": {"address": {"socket_address": {
+                "address": a.ip().to_string(),
+                "port_value": a.port()
+            }}}})
+        })
+        .collect();
     let mut xds_cluster = json!({
         "name": XDS_CLUSTER,
         "type": "STATIC",
@@ -107,10 +137,7 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
         },
         "load_assignment": {
             "cluster_name": XDS_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                "address": p.xds_addr.ip().to_string(),
-                "port_value": p.xds_addr.port()
-            }}}}]}]
+            "endpoints": [{"lb_endpoints": lb_endpoints}]
         }
     });
     if let (Some(tls), Value::Object(cluster)) = (p.tls, &mut xds_cluster) {
@@ -148,7 +175,13 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
                 "api_type": if p.delta { "DELTA_GRPC" } else { "GRPC" },
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}]
+                "grpc_services": [{"envoy_grpc": {
+                    "cluster_name": XDS_CLUSTER,
+                    "retry_policy": {"retry_back_off": {
+                        "base_interval": XDS_RETRY_BASE,
+                        "max_interval": XDS_RETRY_MAX
+                    }}
+                }}]
             },
             "cds_config": ads,
             "lds_config": ads
@@ -187,5 +220,105 @@ fn xds_transport_socket(tls: &XdsClientTls) -> Value {
 
 /// The bootstrap as YAML text.
 pub fn bootstrap_yaml(p: &BootstrapParams<'_>) -> anyhow::Result<String> {
+    if p.xds_addrs.is_empty() {
+        anyhow::bail!("a bootstrap needs at least one xDS address");
+    }
     Ok(serde_yaml::to_string(&bootstrap(p))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml_of(xds_addrs: &[SocketAddr]) -> anyhow::Result<Value> {
+        let labels = BTreeMap::new();
+        let yaml = bootstrap_yaml(&BootstrapParams {
+            namespace: "foo",
+            pod: "sleep-0",
+            ip: "127.16.0.1".parse()?,
+            service_account: "sleep",
+            labels: &labels,
+            workload_name: "sleep",
+            xds_addrs,
+            delta: false,
+            admin: "127.16.0.1:15000".parse()?,
+            cluster_domain: "cluster.local",
+            tls: None,
+        })?;
+        Ok(serde_yaml::from_str(&yaml)?)
+    }
+
+    #[test]
+    fn every_xds_address_is_an_endpoint_of_the_ads_cluster_in_order() {
+        let addrs: Vec<SocketAddr> = ["127.0.0.1:15010", "10.0.0.2:15012"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        let b = yaml_of(&addrs).expect("bootstrap");
+        let cluster = &b["static_resources"]["clusters"][0];
+        assert_eq!(cluster["name"], XDS_CLUSTER);
+        let localities = cluster["load_assignment"]["endpoints"]
+            .as_array()
+            .expect("endpoints");
+        assert_eq!(localities.len(), 1, "one locality, one priority");
+        let got: Vec<String> = localities[0]["lb_endpoints"]
+            .as_array()
+            .expect("lb_endpoints")
+            .iter()
+            .map(|e| {
+                let a = &e["endpoint"]["address"]["socket_address"];
+                format!(
+                    "{}:{}",
+                    a["address"].as_str().unwrap_or(""),
+                    a["port_value"]
+                )
+            })
+            .collect();
+        assert_eq!(got, ["127.0.0.1:15010", "10.0.0.2:15012"]);
+        let grpc = &b["dynamic_resources"]["ads_config"]["grpc_services"][0]["envoy_grpc"];
+        assert_eq!(grpc["cluster_name"], XDS_CLUSTER);
+        assert_eq!(
+            grpc["retry_policy"]["retry_back_off"]["max_interval"],
+            XDS_RETRY_MAX
+        );
+    }
+
+    #[test]
+    fn a_bootstrap_without_an_xds_address_is_refused() {
+        let err = yaml_of(&[]).expect_err("no address");
+        assert!(
+            err.to_string().contains("at least one xDS address"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_xds_address_flag_repeats_or_takes_a_comma_separated_list() {
+        use crate::cli::{Cli, Command};
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["xds-server", "bootstrap", "--namespace", "foo"];
+            argv.extend_from_slice(&["--pod", "sleep-0", "--ip", "10.0.0.1"]);
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Bootstrap(b)) => Ok(b.xds_addr),
+                Ok(other) => panic!("not bootstrap: {other:?}"),
+                Err(e) => Err(e),
+            }
+        };
+        let two: Vec<SocketAddr> = vec![
+            "127.0.0.1:15010".parse().expect("address"),
+            "127.0.0.1:15011".parse().expect("address"),
+        ];
+        let repeated = parse(&[
+            "--xds-addr",
+            "127.0.0.1:15010",
+            "--xds-addr",
+            "127.0.0.1:15011",
+        ]);
+        assert_eq!(repeated.expect("repeated flag"), two);
+        let listed = parse(&["--xds-addr", "127.0.0.1:15010,127.0.0.1:15011"]);
+        assert_eq!(listed.expect("comma-separated"), two);
+        assert!(parse(&["--xds-addr", "127.0.0.1:15010,nope"]).is_err());
+    }
 }

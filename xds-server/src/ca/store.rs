@@ -7,6 +7,13 @@
 //! renamed, certificate last). A root that is unreadable, does not match
 //! its key or has expired is an error naming the file: replacing a root
 //! silently would break every workload's mTLS at once.
+//!
+//! Several processes may share one state directory (two `serve` replicas,
+//! `bootstrap` run beside them) and start at the same moment on an empty
+//! one. Creation therefore happens under an exclusive lock on
+//! `STATE_DIR/ca/.lock` (`flock`, released by the kernel if the holder
+//! dies), and whoever takes the lock second finds the first one's root and
+//! loads it: every process ends up signing with the one root on disk.
 
 use anyhow::{Context, bail};
 use rcgen::{
@@ -33,10 +40,28 @@ pub(super) struct Root {
     pub not_after: SystemTime,
 }
 
+/// The lock file that serialises root creation between processes (and
+/// threads) sharing a state directory.
+pub(super) const LOCK_FILE: &str = ".lock";
+
 pub(super) fn load_or_create(state_dir: &Path, now: SystemTime) -> anyhow::Result<Root> {
     let dir = state_dir.join("ca");
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
+    if cert_path.exists() && key_path.exists() {
+        return load(&cert_path, &key_path, now);
+    }
+    // Missing or half there: settle it under the creation lock. A creator
+    // holds the lock from before its first file appears until after its
+    // last, so once we hold it what is on disk is final: a complete root
+    // (someone else just made it), nothing (we make it), or half a root
+    // left by a crash (an error, as below).
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating CA directory {}", dir.display()))?;
+    let _lock = lock_exclusive(&dir.join(LOCK_FILE))?;
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => load(&cert_path, &key_path, now),
         (false, false) => create(&dir, &cert_path, &key_path, now),
@@ -67,54 +92,74 @@ fn load(cert_path: &Path, key_path: &Path, now: SystemTime) -> anyhow::Result<Ro
     let key_pem = fs::read_to_string(key_path)
         .with_context(|| format!("reading root CA key {}", key_path.display()))?;
 
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| {
+    let cert_name = cert_path.display().to_string();
+    let key_name = key_path.display().to_string();
+    let root = root_from_pem(cert_pem, &key_pem, &cert_name, &key_name, now).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}; move both files in {} away to create a new root (every workload \
+             certificate will then be replaced)",
+            cert_path.parent().unwrap_or(cert_path).display()
+        )
+    })?;
+    tracing::info!(path = %cert_path.display(), "loaded root CA");
+    Ok(root)
+}
+
+/// A root from its PEM certificate and key, wherever they were kept
+/// (`cert_name` and `key_name` say where, for errors): the key must be the
+/// certificate's, the certificate a CA that has not expired.
+pub(super) fn root_from_pem(
+    cert_pem: String,
+    key_pem: &str,
+    cert_name: &str,
+    key_name: &str,
+    now: SystemTime,
+) -> anyhow::Result<Root> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| {
         anyhow::anyhow!(
             "root CA key {} is not a PEM PKCS#8 private key: {e}",
-            key_path.display()
+            key_name
         )
     })?;
     let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).map_err(|e| {
         anyhow::anyhow!(
             "root CA certificate {} is not a PEM certificate: {e}",
-            cert_path.display()
+            cert_name
         )
     })?;
     let x509 = pem.parse_x509().map_err(|e| {
         anyhow::anyhow!(
             "root CA certificate {} does not parse as X.509: {e}",
-            cert_path.display()
+            cert_name
         )
     })?;
     if !x509.is_ca() {
         bail!(
             "root CA certificate {} is not a CA certificate (basic constraints CA:FALSE)",
-            cert_path.display()
+            cert_name
         );
     }
     if x509.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         bail!(
             "root CA certificate {} does not belong to the key {}",
-            cert_path.display(),
-            key_path.display()
+            cert_name,
+            key_name
         );
     }
     let not_after = system_time(x509.validity().not_after.timestamp());
     if not_after <= now {
         bail!(
-            "root CA certificate {} expired at {}; move both files in {} away to create a \
-             new root (every workload certificate will then be replaced)",
-            cert_path.display(),
-            x509.validity().not_after,
-            cert_path.parent().unwrap_or(cert_path).display()
+            "root CA certificate {} expired at {}",
+            cert_name,
+            x509.validity().not_after
         );
     }
     let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|e| {
         anyhow::anyhow!(
             "root CA certificate {} cannot be used to sign: {e}",
-            cert_path.display()
+            cert_name
         )
     })?;
-    tracing::info!(path = %cert_path.display(), "loaded root CA");
     Ok(Root {
         cert_pem,
         issuer,
@@ -129,6 +174,25 @@ fn create(dir: &Path, cert_path: &Path, key_path: &Path, now: SystemTime) -> any
         .create(dir)
         .with_context(|| format!("creating CA directory {}", dir.display()))?;
 
+    let (root, key_pem) = generate_root(now)?;
+    let cert_pem = root.cert_pem.clone();
+
+    // Both files are written aside and renamed into place, key first: a
+    // crash leaves either nothing or a complete root behind, never a
+    // truncated file.
+    write_new(&tmp(key_path), key_pem.as_bytes(), 0o600)?;
+    write_new(&tmp(cert_path), cert_pem.as_bytes(), 0o644)?;
+    fs::rename(tmp(key_path), key_path)
+        .with_context(|| format!("writing root CA key {}", key_path.display()))?;
+    fs::rename(tmp(cert_path), cert_path)
+        .with_context(|| format!("writing root CA certificate {}", cert_path.display()))?;
+    tracing::info!(path = %cert_path.display(), "created a new root CA");
+    Ok(root)
+}
+
+/// A new self-signed root (ECDSA P-256, ten years), and its key as PEM for
+/// whoever keeps it.
+pub(super) fn generate_root(now: SystemTime) -> anyhow::Result<(Root, String)> {
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
         .map_err(|e| anyhow::anyhow!("generating the root CA key: {e}"))?;
     let mut params = CertificateParams::default();
@@ -151,22 +215,31 @@ fn create(dir: &Path, cert_path: &Path, key_path: &Path, now: SystemTime) -> any
         .map_err(|e| anyhow::anyhow!("self-signing the root CA: {e}"))?;
     let cert_pem = cert.pem();
 
-    // Both files are written aside and renamed into place, key first: a
-    // crash leaves either nothing or a complete root behind, never a
-    // truncated file.
-    write_new(&tmp(key_path), key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(&tmp(cert_path), cert_pem.as_bytes(), 0o644)?;
-    fs::rename(tmp(key_path), key_path)
-        .with_context(|| format!("writing root CA key {}", key_path.display()))?;
-    fs::rename(tmp(cert_path), cert_path)
-        .with_context(|| format!("writing root CA certificate {}", cert_path.display()))?;
-    tracing::info!(path = %cert_path.display(), "created a new root CA");
+    let key_pem = key.serialize_pem();
+    Ok((
+        Root {
+            cert_pem,
+            issuer: Issuer::new(params, key),
+            not_after,
+        },
+        key_pem,
+    ))
+}
 
-    Ok(Root {
-        cert_pem,
-        issuer: Issuer::new(params, key),
-        not_after,
-    })
+/// Opens (creating it 0600 if needed) and locks `path` exclusively,
+/// waiting for another holder. The lock lasts as long as the returned file.
+fn lock_exclusive(path: &Path) -> anyhow::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening the CA lock {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 fn tmp(path: &Path) -> PathBuf {
@@ -236,5 +309,57 @@ fn system_time(unix_seconds: i64) -> SystemTime {
     match u64::try_from(unix_seconds) {
         Ok(secs) => UNIX_EPOCH + Duration::from_secs(secs),
         Err(_) => UNIX_EPOCH,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::TempDir;
+    use std::sync::{Arc, Barrier};
+
+    /// Many creators starting at once on one empty state directory (as two
+    /// `serve` replicas and a `bootstrap` may): all end up with the root
+    /// that is on disk, never one of their own that lost a race.
+    #[test]
+    fn concurrent_creators_on_an_empty_dir_end_with_one_root() {
+        for round in 0..5 {
+            let dir = TempDir::new("ca-race");
+            let state = dir.root().to_path_buf();
+            let creators = 6;
+            let barrier = Arc::new(Barrier::new(creators));
+            let threads: Vec<_> = (0..creators)
+                .map(|_| {
+                    let state = state.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        load_or_create(&state, SystemTime::now()).map(|root| root.cert_pem)
+                    })
+                })
+                .collect();
+            let roots: Vec<String> = threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .expect("creator thread")
+                        .expect("load or create the root")
+                })
+                .collect();
+            let on_disk = fs::read_to_string(state.join("ca").join(CERT_FILE)).expect("root file");
+            for (i, root) in roots.iter().enumerate() {
+                assert_eq!(
+                    root, &on_disk,
+                    "round {round}: creator {i} uses a root that is not the one on disk"
+                );
+            }
+            // And the key on disk is that root's key.
+            load(
+                &state.join("ca").join(CERT_FILE),
+                &state.join("ca").join(KEY_FILE),
+                SystemTime::now(),
+            )
+            .expect("the root on disk matches its key");
+        }
     }
 }
