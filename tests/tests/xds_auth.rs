@@ -41,6 +41,7 @@ fn node_id(pod: &str, ns: &str) -> String {
 fn options(scratch: &ScratchDir, xds_addr: &str, security: XdsSecurity) -> ServerOptions {
     ServerOptions {
         config_paths: vec![e2e::workspace_root().join("examples/article/base")],
+        kube: None,
         xds_addr: xds_addr.parse().expect("xDS address"),
         debug_addr: "127.0.0.1:0".parse().expect("debug address"),
         state_dir: scratch.path().join("state"),

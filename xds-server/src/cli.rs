@@ -5,7 +5,7 @@ use crate::ads::Limits;
 use crate::bootstrap::{BootstrapParams, bootstrap_yaml, write_client_credentials};
 use crate::ca::CertificateAuthority;
 use crate::identity::Identity;
-use crate::server::{ServerOptions, XdsSecurity, start};
+use crate::server::{KubeSource, ServerOptions, XdsSecurity, start};
 use crate::snapshots::Settings;
 use crate::source::files::FileLoader;
 use anyhow::{Context, bail};
@@ -89,9 +89,16 @@ pub struct ServeArgs {
         long = "config-dir",
         env = "XDS_CONFIG_DIR",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "kube",
+        conflicts_with = "kube"
     )]
     pub config_dirs: Vec<PathBuf>,
+    /// Watch a Kubernetes API server (in-cluster config, else $KUBECONFIG or ~/.kube/config) instead of --config-dir: Namespaces, Services, Pods, PeerAuthentications, DestinationRules. A pod has a sidecar when its spec shows one (label security.istio.io/tlsMode=istio or an istio-proxy container); only Ready pods are endpoints.
+    #[arg(long, env = "XDS_KUBE")]
+    pub kube: bool,
+    /// The kubeconfig for --kube.
+    #[arg(long, env = "XDS_KUBECONFIG", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
     /// Address of the ADS gRPC server.
     #[arg(long, env = "XDS_ADDR", default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
@@ -289,13 +296,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // servers are up, instead of killing the process half-way.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut mesh = args.mesh.mesh_config();
+    if args.kube {
+        // Pods in a cluster were injected (or not) when they were created.
+        mesh.sidecar_detection = translator::model::SidecarDetection::PodSpec;
+    }
     let mut server = start(ServerOptions {
         config_paths: args.config_dirs,
+        kube: args.kube.then(|| KubeSource {
+            kubeconfig: args.kubeconfig.clone(),
+        }),
         xds_addr: args.xds_addr,
         debug_addr: args.debug_addr,
         state_dir: args.state_dir,
         settings: Settings {
-            mesh: args.mesh.mesh_config(),
+            mesh,
             addressing: args.mesh.addressing(),
             cert_lifetime: args.cert_lifetime,
         },

@@ -11,6 +11,7 @@ use crate::ca::CertificateAuthority;
 use crate::debug;
 use crate::snapshots::{Settings, Snapshots};
 use crate::source::files::{FileLoader, watch_paths};
+use crate::source::kube::{KubeOptions, watch_cluster};
 use crate::view::ConfigSource;
 use crate::xds_tls::{self, ConnectionLimit, Counted, ServerCert};
 use anyhow::{Context, bail};
@@ -30,7 +31,10 @@ use drain::{Shutdown, ShutdownHandle};
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
+    /// The watched directories or files (the directory source).
     pub config_paths: Vec<PathBuf>,
+    /// Watch a Kubernetes API server instead of `config_paths`.
+    pub kube: Option<KubeSource>,
     pub xds_addr: SocketAddr,
     pub debug_addr: SocketAddr,
     pub state_dir: PathBuf,
@@ -42,6 +46,14 @@ pub struct ServerOptions {
     pub xds_security: XdsSecurity,
     /// What a client of the xDS port can make the server hold or do.
     pub limits: Limits,
+}
+
+/// Where the Kubernetes source finds its API server.
+#[derive(Clone, Debug, Default)]
+pub struct KubeSource {
+    /// A kubeconfig file; `None`: in-cluster config, then `$KUBECONFIG` or
+    /// `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// How the xDS listener proves who its clients are.
@@ -195,6 +207,31 @@ where
     })
 }
 
+/// Applies the source's snapshot unless already seen, then every new one,
+/// until the source goes away.
+async fn apply_each(
+    mut loaded: tokio::sync::watch::Receiver<crate::source::SharedSnapshot>,
+    snapshots: Arc<Snapshots>,
+) {
+    if loaded.has_changed().unwrap_or(false) || snapshots.state().is_none() {
+        snapshots.apply(loaded.borrow_and_update().clone());
+    }
+    while loaded.changed().await.is_ok() {
+        let snap = loaded.borrow_and_update().clone();
+        snapshots.apply(snap);
+    }
+}
+
+/// Aborts a task when dropped, so a source's watchers end with the task
+/// that owns them.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     opts.xds_security.check(opts.xds_addr)?;
     let ca = Arc::new(
@@ -207,18 +244,43 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let mut tasks = Vec::new();
     let (shutdown_handle, shutdown) = drain::channel();
 
-    let (mut loaded, watch_task) =
-        watch_paths(FileLoader::new(opts.config_paths.clone()), opts.debounce)
-            .context("watching the config paths")?;
-    tasks.push(watch_task);
-    snapshots.apply(loaded.borrow_and_update().clone());
-    let apply_snapshots = snapshots.clone();
-    tasks.push(tokio::spawn(async move {
-        while loaded.changed().await.is_ok() {
-            let snap = loaded.borrow_and_update().clone();
-            apply_snapshots.apply(snap);
+    match &opts.kube {
+        None => {
+            let (loaded, watch_task) =
+                watch_paths(FileLoader::new(opts.config_paths.clone()), opts.debounce)
+                    .context("watching the config paths")?;
+            tasks.push(watch_task);
+            // Files are read at once: the first config is in force before
+            // `start` returns.
+            let mut loaded = loaded;
+            snapshots.apply(loaded.borrow_and_update().clone());
+            tasks.push(tokio::spawn(apply_each(loaded, snapshots.clone())));
         }
-    }));
+        Some(kube) => {
+            // A bad kubeconfig fails start-up; the first lists happen in
+            // the background, so /healthz answers while they run and
+            // /readyz (like every ADS stream) waits for the first snapshot,
+            // which comes only once every kind has been listed.
+            let client = crate::source::kube::client(kube.kubeconfig.as_deref()).await?;
+            let kube_options = KubeOptions {
+                debounce: opts.debounce,
+                ..KubeOptions::default()
+            };
+            let apply = snapshots.clone();
+            tasks.push(tokio::spawn(async move {
+                match watch_cluster(client, kube_options).await {
+                    Ok((loaded, watchers)) => {
+                        let watchers = AbortOnDrop(watchers);
+                        apply_each(loaded, apply).await;
+                        drop(watchers);
+                    }
+                    Err(error) => {
+                        warn!(error = %format!("{error:#}"), "the Kubernetes source stopped")
+                    }
+                }
+            }));
+        }
+    }
 
     // Rotation: wake when the next certificate is due (at least every
     // second while certificates are short-lived, at most every minute).

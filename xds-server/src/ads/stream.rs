@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::{Stream, StreamExt};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Status};
@@ -32,6 +32,10 @@ pub fn status_of(error: &ViewError) -> Status {
         ViewError::NotReady | ViewError::CertificateUnavailable(_) => Status::unavailable(message),
     }
 }
+
+/// How long a stream that arrives before the first config waits for it
+/// before it is ended with UNAVAILABLE (Envoy then retries).
+pub(super) const NOT_READY_WAIT: Duration = Duration::from_secs(30);
 
 /// Decides what the transport proved about a stream's peer, from the
 /// request's metadata and extensions: the one seam where a way of proving
@@ -272,7 +276,22 @@ impl<S: ConfigSource, R: prost::Message> Session<S, R> {
         tracing::Span::current().record("node", node_id.as_str());
         let mut changes = shared.source.changes();
         changes.borrow_and_update();
-        let view = match shared.source.view(&node_id, &peer) {
+        // A proxy that connects before the first config is loaded (a
+        // cluster's first lists can take a while) waits for it rather than
+        // being turned away, up to NOT_READY_WAIT.
+        let mut view = shared.source.view(&node_id, &peer);
+        let waiting_since = tokio::time::Instant::now();
+        while matches!(view, Err(ViewError::NotReady)) && waiting_since.elapsed() < NOT_READY_WAIT {
+            let left = NOT_READY_WAIT.saturating_sub(waiting_since.elapsed());
+            match tokio::time::timeout(left, changes.changed()).await {
+                Ok(Ok(())) => {
+                    changes.borrow_and_update();
+                    view = shared.source.view(&node_id, &peer);
+                }
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let view = match view {
             Ok(view) => view,
             Err(error) => {
                 tracing::warn!(node = %node_id, %error, "refusing ADS stream");

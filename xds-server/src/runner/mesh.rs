@@ -128,6 +128,7 @@ impl LocalMesh {
             .with_context(|| format!("creating {}", opts.work_dir.display()))?;
         let server = start(ServerOptions {
             config_paths: opts.paths.clone(),
+            kube: None,
             xds_addr: "127.0.0.1:0".parse()?,
             debug_addr: "127.0.0.1:0".parse()?,
             state_dir: opts.work_dir.join("state"),

@@ -42,6 +42,8 @@ pub(super) struct FakeSource {
     changes: watch::Sender<u64>,
     /// The peer each `view` call was made for, in order.
     peers: Mutex<Vec<Peer>>,
+    /// While set, every view is `NotReady` (no config loaded yet).
+    not_ready: std::sync::atomic::AtomicBool,
 }
 
 impl FakeSource {
@@ -50,7 +52,14 @@ impl FakeSource {
             views: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
             peers: Mutex::new(Vec::new()),
+            not_ready: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes every view `NotReady` until the next [`FakeSource::set`].
+    pub(super) fn unload(&self) {
+        self.not_ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Sets the view of `node` and ticks the change signal.
@@ -59,6 +68,8 @@ impl FakeSource {
             .lock()
             .expect("views lock")
             .insert(node.to_string(), Arc::new(view(resources)));
+        self.not_ready
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.changes.send_modify(|generation| *generation += 1);
     }
 
@@ -70,6 +81,9 @@ impl FakeSource {
 impl ConfigSource for FakeSource {
     fn view(&self, node_id: &str, peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
         self.peers.lock().expect("peers lock").push(peer.clone());
+        if self.not_ready.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ViewError::NotReady);
+        }
         self.views
             .lock()
             .expect("views lock")

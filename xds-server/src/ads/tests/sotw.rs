@@ -179,6 +179,28 @@ async fn sotw_sends_clusters_then_listeners_on_wildcard_subscription() {
 }
 
 #[tokio::test]
+async fn a_proxy_that_connects_before_the_first_config_waits_for_it() {
+    within(async {
+        let (source, server) = setup();
+        source.unload();
+        let mut stream = Stream::open(&server).await;
+        stream
+            .send(request(ResourceType::Cluster, &[], "", ""))
+            .await;
+        // Loaded once the stream has asked and been told "not ready": the
+        // stream gets it instead of UNAVAILABLE (`within` bounds the wait).
+        while source.peers().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        source.set(NODE, &base());
+        let cds = stream.recv().await;
+        assert_eq!(kind_of(&cds), ResourceType::Cluster);
+        assert_eq!(names(&cds), [EDS_A, EDS_B]);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn ack_records_acked_version() {
     within(async {
         let (_source, server) = setup();
