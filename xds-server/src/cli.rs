@@ -97,8 +97,11 @@ pub struct ServeArgs {
     #[arg(long, env = "XDS_KUBE")]
     pub kube: bool,
     /// The kubeconfig for --kube.
-    #[arg(long, env = "XDS_KUBECONFIG", requires = "kube")]
+    #[arg(long, env = "XDS_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// With --kube: keep the root CA in this Secret (NAMESPACE/NAME), created if absent (create-only, so replicas starting together share one root), instead of --state-dir.
+    #[arg(long, env = "XDS_CA_SECRET", value_parser = parse_namespaced_name)]
+    pub ca_secret: Option<(String, String)>,
     /// Address of the ADS gRPC server.
     #[arg(long, env = "XDS_ADDR", default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
@@ -265,6 +268,16 @@ pub struct BootstrapArgs {
     pub mesh: MeshArgs,
 }
 
+/// `NAMESPACE/NAME`, both non-empty.
+pub fn parse_namespaced_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
 /// The longest duration a flag accepts (10 years): certificate lifetimes and
 /// timeouts are added to the current time, and this keeps that sum far from
 /// overflowing.
@@ -296,6 +309,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // servers are up, instead of killing the process half-way.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // clap counts the `--kube` flag's default as present, so `requires`
+    // cannot say this.
+    if !args.kube && (args.kubeconfig.is_some() || args.ca_secret.is_some()) {
+        bail!("--kubeconfig and --ca-secret need --kube");
+    }
     let mut mesh = args.mesh.mesh_config();
     if args.kube {
         // Pods in a cluster were injected (or not) when they were created.
@@ -305,6 +323,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         config_paths: args.config_dirs,
         kube: args.kube.then(|| KubeSource {
             kubeconfig: args.kubeconfig.clone(),
+            ca_secret: args.ca_secret.clone(),
         }),
         xds_addr: args.xds_addr,
         debug_addr: args.debug_addr,

@@ -54,6 +54,9 @@ pub struct KubeSource {
     /// A kubeconfig file; `None`: in-cluster config, then `$KUBECONFIG` or
     /// `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// Keep the root CA in this Secret (namespace, name) instead of the
+    /// state directory.
+    pub ca_secret: Option<(String, String)>,
 }
 
 /// How the xDS listener proves who its clients are.
@@ -234,10 +237,26 @@ impl Drop for AbortOnDrop {
 
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     opts.xds_security.check(opts.xds_addr)?;
-    let ca = Arc::new(
-        CertificateAuthority::load_or_create(&opts.state_dir, &opts.settings.mesh.trust_domain)
+    // A bad kubeconfig fails start-up, before anything is served.
+    let kube_client = match &opts.kube {
+        Some(kube) => Some(crate::source::kube::client(kube.kubeconfig.as_deref()).await?),
+        None => None,
+    };
+    let trust_domain = &opts.settings.mesh.trust_domain;
+    let ca_secret = opts.kube.as_ref().and_then(|k| k.ca_secret.as_ref());
+    let ca = Arc::new(match (ca_secret, &kube_client) {
+        (Some((namespace, name)), Some(client)) => {
+            CertificateAuthority::load_or_create_in_secret(
+                client.clone(),
+                namespace,
+                name,
+                trust_domain,
+            )
+            .await?
+        }
+        _ => CertificateAuthority::load_or_create(&opts.state_dir, trust_domain)
             .with_context(|| format!("loading the CA from {}", opts.state_dir.display()))?,
-    );
+    });
     let snapshots = Arc::new(Snapshots::new(opts.settings.clone(), ca.clone()));
     let registry = Arc::new(Registry::default());
     let stats = Arc::new(Stats::default());
@@ -256,12 +275,14 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             snapshots.apply(loaded.borrow_and_update().clone());
             tasks.push(tokio::spawn(apply_each(loaded, snapshots.clone())));
         }
-        Some(kube) => {
-            // A bad kubeconfig fails start-up; the first lists happen in
-            // the background, so /healthz answers while they run and
-            // /readyz (like every ADS stream) waits for the first snapshot,
-            // which comes only once every kind has been listed.
-            let client = crate::source::kube::client(kube.kubeconfig.as_deref()).await?;
+        Some(_) => {
+            // The first lists happen in the background, so /healthz answers
+            // while they run and /readyz (like every ADS stream) waits for
+            // the first snapshot, which comes only once every kind has been
+            // listed.
+            let client = kube_client
+                .clone()
+                .context("a Kubernetes client exists in Kubernetes mode")?;
             let kube_options = KubeOptions {
                 debounce: opts.debounce,
                 ..KubeOptions::default()

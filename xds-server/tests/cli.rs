@@ -263,6 +263,48 @@ fn duration_flags_reject_nonsense_and_huge_values_without_panicking() {
 }
 
 #[test]
+fn kubernetes_flags_need_kube_and_a_namespaced_secret() {
+    let state = TempDir::new("kube-flags");
+    for (args, why) in [
+        (
+            vec![
+                "--config-dir",
+                "/nonexistent",
+                "--ca-secret",
+                "istio-system/ca",
+            ],
+            "need --kube",
+        ),
+        (
+            vec![
+                "--config-dir",
+                "/nonexistent",
+                "--kubeconfig",
+                "/nonexistent",
+            ],
+            "need --kube",
+        ),
+        (
+            vec!["--kube", "--ca-secret", "nope"],
+            "is not NAMESPACE/NAME",
+        ),
+        (
+            vec!["--kube", "--kubeconfig", "/nonexistent/kubeconfig"],
+            "reading the kubeconfig /nonexistent/kubeconfig",
+        ),
+    ] {
+        let (out, text) = run(bin()
+            .arg("serve")
+            .args(&args)
+            .arg("--state-dir")
+            .arg(&state.0)
+            .args(["--xds-addr", "127.0.0.1:0", "--debug-addr", "127.0.0.1:0"]));
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains(why), "{args:?}: {text}");
+    }
+}
+
+#[test]
 fn crds_prints_the_committed_manifests() {
     let (out, text) = run(bin().arg("crds"));
     assert!(out.status.success(), "{text}");

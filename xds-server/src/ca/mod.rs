@@ -16,6 +16,7 @@
 
 mod cert;
 mod sds;
+mod secret;
 mod store;
 mod x509;
 
@@ -61,17 +62,33 @@ impl CertificateAuthority {
     /// Loads the root from `state_dir/ca/`, creating it on the first start.
     /// Errors name the file that is missing, unreadable or corrupt.
     pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> anyhow::Result<Self> {
-        if trust_domain.is_empty() || !trust_domain.is_ascii() || trust_domain.contains('/') {
-            bail!("trust domain {trust_domain:?} must be a non-empty ASCII name without '/'");
-        }
+        check_trust_domain(trust_domain)?;
         let root = store::load_or_create(state_dir, SystemTime::now())?;
-        Ok(CertificateAuthority {
+        Ok(Self::from_root(root, trust_domain))
+    }
+
+    /// Loads the root from the Kubernetes Secret `namespace/name`, creating
+    /// it (create-only: two replicas starting at once end with one root) if
+    /// there is none. See `secret.rs`.
+    pub async fn load_or_create_in_secret(
+        client: kube::Client,
+        namespace: &str,
+        name: &str,
+        trust_domain: &str,
+    ) -> anyhow::Result<Self> {
+        check_trust_domain(trust_domain)?;
+        let root = secret::load_or_create(client, namespace, name).await?;
+        Ok(Self::from_root(root, trust_domain))
+    }
+
+    fn from_root(root: store::Root, trust_domain: &str) -> Self {
+        CertificateAuthority {
             // Istio replaces '@' with '.' (pkg/spiffe/spiffe.go).
             trust_domain: trust_domain.replace('@', "."),
             root_pem: root.cert_pem,
             root_not_after: root.not_after,
             issuer: root.issuer,
-        })
+        }
     }
 
     /// The root certificate, PEM: the trust bundle (`ROOTCA`).
@@ -189,6 +206,13 @@ impl CertificateAuthority {
             not_after,
         })
     }
+}
+
+fn check_trust_domain(trust_domain: &str) -> anyhow::Result<()> {
+    if trust_domain.is_empty() || !trust_domain.is_ascii() || trust_domain.contains('/') {
+        bail!("trust domain {trust_domain:?} must be a non-empty ASCII name without '/'");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
