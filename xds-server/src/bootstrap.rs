@@ -291,34 +291,4 @@ mod tests {
             "{err}"
         );
     }
-
-    #[test]
-    fn the_xds_address_flag_repeats_or_takes_a_comma_separated_list() {
-        use crate::cli::{Cli, Command};
-        use clap::Parser;
-        let parse = |args: &[&str]| {
-            let mut argv = vec!["xds-server", "bootstrap", "--namespace", "foo"];
-            argv.extend_from_slice(&["--pod", "sleep-0", "--ip", "10.0.0.1"]);
-            argv.extend_from_slice(args);
-            match Cli::try_parse_from(argv).map(|c| c.command) {
-                Ok(Command::Bootstrap(b)) => Ok(b.xds_addr),
-                Ok(other) => panic!("not bootstrap: {other:?}"),
-                Err(e) => Err(e),
-            }
-        };
-        let two: Vec<SocketAddr> = vec![
-            "127.0.0.1:15010".parse().expect("address"),
-            "127.0.0.1:15011".parse().expect("address"),
-        ];
-        let repeated = parse(&[
-            "--xds-addr",
-            "127.0.0.1:15010",
-            "--xds-addr",
-            "127.0.0.1:15011",
-        ]);
-        assert_eq!(repeated.expect("repeated flag"), two);
-        let listed = parse(&["--xds-addr", "127.0.0.1:15010,127.0.0.1:15011"]);
-        assert_eq!(listed.expect("comma-separated"), two);
-        assert!(parse(&["--xds-addr", "127.0.0.1:15010,nope"]).is_err());
-    }
 }

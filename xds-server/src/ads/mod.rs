@@ -25,7 +25,7 @@ pub use registry::{
     ConnectionId, ConnectionStatus, Nack, Registry, Subscription, SyncState, TypeStatus,
 };
 pub use stats::{Histogram, Stats};
-pub use stream::{PeerResolver, status_of};
+pub use stream::{PeerResolver, RESPONSE_QUEUE, status_of};
 
 use stream::{Shared, drive};
 
@@ -52,11 +52,6 @@ pub fn peer_from_extensions(_metadata: &MetadataMap, extensions: &Extensions) ->
         .cloned()
         .unwrap_or(Peer::Unauthenticated)
 }
-
-/// Responses queued per stream before the stream's task waits for the
-/// proxy to read (at most [`Limits::send_timeout`]): bounds memory per slow
-/// proxy without affecting others.
-pub const RESPONSE_QUEUE: usize = 16;
 
 /// The ADS server: serves both state-of-the-world and delta xDS from one
 /// [`ConfigSource`]. Cheap to clone; clones share the registry and stats.

@@ -33,6 +33,11 @@ pub fn status_of(error: &ViewError) -> Status {
     }
 }
 
+/// Responses queued per stream before the stream's task waits for the
+/// proxy to read (at most `Limits::send_timeout`): bounds memory per slow
+/// proxy without affecting others.
+pub const RESPONSE_QUEUE: usize = 16;
+
 /// How long a stream that arrives before the first config waits for it
 /// before it is ended with UNAVAILABLE (Envoy then retries).
 pub(super) const NOT_READY_WAIT: Duration = Duration::from_secs(30);
@@ -204,7 +209,7 @@ async fn deliver<S, R>(
             tracing::warn!(
                 node = node.unwrap_or_default(),
                 timeout = %humantime::format_duration(timeout),
-                queued = super::RESPONSE_QUEUE,
+                queued = RESPONSE_QUEUE,
                 "dropping ADS stream: the proxy has not read a response for the whole send timeout"
             );
             shared.stats.slow_stream_dropped();
@@ -212,7 +217,7 @@ async fn deliver<S, R>(
                 "the proxy did not read responses for {} while {} were queued \
                  (--send-timeout); dropping the stream",
                 humantime::format_duration(timeout),
-                super::RESPONSE_QUEUE
+                RESPONSE_QUEUE
             )));
             Err(Ended)
         }
