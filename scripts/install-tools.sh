@@ -11,10 +11,9 @@
 set -euo pipefail
 
 KUBERNETES_VALIDATE_VERSION="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
-PYTHON="${PYTHON:-python3}"
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${root}/.venv"
+# shellcheck source=lib/venv.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/venv.sh"
 tool="${venv}/bin/kubernetes-validate"
 
 installed_version() {
@@ -25,23 +24,6 @@ installed_version() {
   fi
 }
 
-if [[ "$(installed_version)" == "${KUBERNETES_VALIDATE_VERSION}" ]]; then
-  echo "kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} already installed: ${tool}"
-  exit 0
-fi
-
-if [[ ! -x "${venv}/bin/python" ]]; then
-  echo "creating virtual environment ${venv}"
-  "${PYTHON}" -m venv "${venv}"
-fi
-
-echo "installing kubernetes-validate==${KUBERNETES_VALIDATE_VERSION} into ${venv}"
-"${venv}/bin/python" -m pip install --disable-pip-version-check --quiet "kubernetes-validate==${KUBERNETES_VALIDATE_VERSION}"
-
-got="$(installed_version)"
-if [[ "${got}" != "${KUBERNETES_VALIDATE_VERSION}" ]]; then
-  echo "error: ${venv} has kubernetes-validate '${got}', expected ${KUBERNETES_VALIDATE_VERSION}" >&2
-  exit 1
-fi
-
+venv_exit_if_installed kubernetes-validate "${KUBERNETES_VALIDATE_VERSION}" "${tool}"
+venv_pip_install kubernetes-validate "${KUBERNETES_VALIDATE_VERSION}" "${venv} has kubernetes-validate"
 echo "kubernetes-validate ${KUBERNETES_VALIDATE_VERSION} installed: ${tool}"

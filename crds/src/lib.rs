@@ -20,6 +20,8 @@ pub mod destination_rule;
 pub mod manifest;
 pub mod peer_authentication;
 pub mod schema;
+#[doc(hidden)]
+pub mod test_support;
 pub mod validate;
 pub mod workload_selector;
 pub mod yaml;

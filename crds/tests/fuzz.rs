@@ -8,11 +8,9 @@
 //! new random cases for N seconds (CI). A failing case's seed is kept in
 //! `tests/proptest-regressions/` and replayed first on every later run.
 
-use std::time::{Duration, Instant};
-
 use crds::{Object, parse_documents};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use serde_yaml::value::{Tag, TaggedValue};
 use serde_yaml::{Mapping, Value};
 
@@ -20,39 +18,19 @@ const FILE: &str = "fuzz.yaml";
 
 /// Runs `test` on cases from `strategy`; see the module docs for how many.
 fn fuzz<S: Strategy>(
-    name: &'static str,
+    name: &str,
     regressions: &'static str,
     strategy: S,
     test: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) {
-    let budget = std::env::var("XDS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let config = Config {
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
-        source_file: Some(file!()),
-        test_name: Some(name),
-        ..Config::default()
-    };
-    let started = Instant::now();
-    let mut cases = 0;
-    loop {
+    let config = Config::with_failure_persistence(FileFailurePersistence::Direct(regressions));
+    crds::test_support::run_batches(name, || {
         // A fresh runner draws a fresh random seed: each batch is new input.
-        let mut runner = TestRunner::new(config.clone());
-        match runner.run(&strategy, &test) {
-            Ok(()) => {}
-            Err(TestError::Fail(reason, input)) => {
-                panic!("{name}: {reason}\nminimal failing input: {input:#?}")
-            }
-            Err(TestError::Abort(reason)) => panic!("{name}: aborted: {reason}"),
-        }
-        cases += config.cases;
-        if budget.is_none_or(|b| started.elapsed() >= b) {
-            break;
-        }
-    }
-    eprintln!("{name}: {cases} cases in {:.1?}", started.elapsed());
+        TestRunner::new(config.clone())
+            .run(&strategy, &test)
+            .map(|()| config.cases)
+            .map_err(|e| e.to_string())
+    });
 }
 
 /// What must hold for any input: every error names the file, and every

@@ -360,15 +360,7 @@ fn replicas_beyond_i32_are_a_type_error_naming_the_field() {
 
 #[test]
 fn ten_thousand_policies_in_one_file_parse() {
-    let mut text = String::new();
-    for i in 0..10_000 {
-        text.push_str(&format!(
-            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
-             metadata: {{name: p{i}, namespace: ns{}}}\nspec:\n  selector: {{matchLabels: {{app: a{i}}}}}\n  \
-             mtls: {{mode: STRICT}}\n  portLevelMtls:\n    8080: {{mode: DISABLE}}\n",
-            i % 100
-        ));
-    }
+    let text = crds::test_support::many_peer_authentications(10_000);
     let (parsed, errors) = parse_bounded(text, Duration::from_secs(30));
     assert_eq!(errors, []);
     assert_eq!(parsed.len(), 10_000);

@@ -41,8 +41,8 @@ use translator::model::{Mesh, MeshConfig};
 use xds_server::identity::NodeId;
 use xds_server::runner::echo::EchoServer;
 use xds_server::runner::envoy::{Admin, EnvoyProcess, EnvoySpec};
-use xds_server::runner::mesh::ProbeRow;
-use xds_server::runner::probe::{Outcome, probe, xfcc_by, xfcc_uri};
+use xds_server::runner::mesh::{ProbeRow, probe_row, probe_target, target_ports};
+use xds_server::runner::probe::{probe, xfcc_by, xfcc_uri};
 use xds_server::source::files::FileLoader;
 
 /// Where every sidecar's inbound cluster sends requests: `serve` gives
@@ -780,45 +780,11 @@ impl ExternalMesh {
                 }
                 for p in &s.ports {
                     let to = format!("{}.{}:{}", s.name, s.namespace, p.port);
-                    let target = if w.sidecar {
-                        Some(SocketAddr::new(w.ip, self.mesh.config.outbound_port))
-                    } else {
-                        self.mesh
-                            .index
-                            .service_endpoints
-                            .get(si)
-                            .and_then(|e| e.first())
-                            .and_then(|&ei| self.mesh.workloads.get(ei))
-                            .and_then(|ep| {
-                                ep.resolve_target(&p.target_port)
-                                    .map(|t| SocketAddr::new(ep.ip, t))
-                            })
-                    };
+                    let target = probe_target(&self.mesh, w, si, p);
                     let spiffe = self.mesh.spiffe_id(&w.namespace, &w.service_account);
                     let from = from.clone();
                     jobs.spawn(async move {
-                        let Some(addr) = target else {
-                            return ProbeRow {
-                                from,
-                                to,
-                                outcome: "no endpoints".into(),
-                                mtls: false,
-                                reason: None,
-                            };
-                        };
-                        let r = probe(addr, &to, "/headers", PROBE_TIMEOUT).await;
-                        let mtls = r.xfcc.as_deref().and_then(xfcc_uri) == Some(spiffe.as_str());
-                        let outcome = match &r.outcome {
-                            Outcome::Status(c) => c.to_string(),
-                            other => other.to_string(),
-                        };
-                        ProbeRow {
-                            from,
-                            to,
-                            outcome,
-                            mtls,
-                            reason: None,
-                        }
+                        probe_row(from, to, target, &spiffe, PROBE_TIMEOUT).await.0
                     });
                 }
             }
@@ -862,30 +828,6 @@ fn last_nack(proxy: &Value) -> Option<String> {
                 .filter(|n| !n.is_null())
                 .map(|n| format!("{kind}: {n}"))
         })
-}
-
-/// Target ports Services expose on a workload.
-fn target_ports(mesh: &Mesh, wi: usize) -> Vec<u16> {
-    let mut ports = std::collections::BTreeSet::new();
-    let Some(w) = mesh.workloads.get(wi) else {
-        return Vec::new();
-    };
-    for &si in mesh
-        .index
-        .workload_services
-        .get(wi)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        if let Some(s) = mesh.services.get(si) {
-            for p in &s.ports {
-                if let Some(t) = w.resolve_target(&p.target_port) {
-                    ports.insert(t);
-                }
-            }
-        }
-    }
-    ports.into_iter().collect()
 }
 
 /// Standard base64 (with padding), as Envoy prints `inline_bytes`.

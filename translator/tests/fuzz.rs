@@ -24,7 +24,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -38,49 +37,12 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{TcpProxy, tcp_proxy};
 use envoy_types::pb::google::protobuf::Any;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
 use prost::Message;
 use translator::model::build::{Addressing, Input, build_mesh_with_diagnostics};
 use translator::model::{Mesh, MeshConfig};
 use translator::render::resource_to_json;
 use translator::{Diagnostic, ResourceType, Translation, translate};
-
-/// Runs `test` on cases from `strategy`; see the module docs for how many.
-fn fuzz<S: Strategy>(
-    name: &'static str,
-    regressions: &'static str,
-    strategy: S,
-    test: impl Fn(S::Value) -> Result<(), TestCaseError>,
-) {
-    let budget = std::env::var("XDS_FUZZ_SECONDS")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let config = Config {
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
-        source_file: Some(file!()),
-        test_name: Some(name),
-        ..Config::default()
-    };
-    let started = Instant::now();
-    let mut cases = 0;
-    loop {
-        // A fresh runner draws a fresh random seed: each batch is new input.
-        let mut runner = TestRunner::new(config.clone());
-        match runner.run(&strategy, &test) {
-            Ok(()) => {}
-            Err(TestError::Fail(reason, input)) => {
-                panic!("{name}: {reason}\nminimal failing input: {input:#?}")
-            }
-            Err(TestError::Abort(reason)) => panic!("{name}: aborted: {reason}"),
-        }
-        cases += config.cases;
-        if budget.is_none_or(|b| started.elapsed() >= b) {
-            break;
-        }
-    }
-    eprintln!("{name}: {cases} cases in {:.1?}", started.elapsed());
-}
 
 const NAMESPACES: &[&str] = &["istio-system", "foo", "bar", "legacy"];
 const APPS: &[&str] = &["a", "b", "c"];
@@ -853,10 +815,14 @@ fn check_mesh(spec: MeshSpec) -> Result<(), TestCaseError> {
 
 #[test]
 fn fuzz_translate_small_meshes() {
-    fuzz(
-        "fuzz_translate_small_meshes",
+    let config = Config::with_failure_persistence(FileFailurePersistence::Direct(
         "tests/proptest-regressions/fuzz_translate_small_meshes.txt",
-        mesh(),
-        check_mesh,
-    );
+    ));
+    // A fresh runner each batch draws a fresh random seed: new input.
+    crds::test_support::run_batches("fuzz_translate_small_meshes", || {
+        TestRunner::new(config.clone())
+            .run(&mesh(), check_mesh)
+            .map(|()| config.cases)
+            .map_err(|e| e.to_string())
+    });
 }

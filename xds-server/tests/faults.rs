@@ -42,12 +42,17 @@ fn clean_closes(envoy_log: &str) -> usize {
         .count()
 }
 
+/// The Envoy process of each sidecar, to check at the end that none restarted.
+type EnvoyPids = BTreeMap<String, Option<u32>>;
+
+/// Starts the mesh and waits until every sidecar syncs; `None` when the
+/// test is skipped for want of Envoy.
 async fn start(
     test: &str,
     scratch: &ScratchDir,
     replicas: usize,
     config_dirs: Vec<PathBuf>,
-) -> Option<ExternalMesh> {
+) -> Option<(ExternalMesh, EnvoyPids)> {
     let envoy = require_envoy(test)?;
     let mut mesh = ExternalMesh::start(ExternalOptions {
         xds_server: PathBuf::from(env!("CARGO_BIN_EXE_xds-server")),
@@ -63,7 +68,8 @@ async fn start(
         .await
         .expect("every sidecar syncs");
     assert_eq!(mesh.sidecars.len(), 4, "the article's four sidecars");
-    Some(mesh)
+    let pids = mesh.envoy_pids();
+    Some((mesh, pids))
 }
 
 fn base() -> Vec<PathBuf> {
@@ -76,12 +82,36 @@ async fn steady_probes(mesh: &ExternalMesh) -> ProbeLoop {
     let specs = mesh.sidecar_probes();
     assert_eq!(specs.len(), 4, "sleep.{{foo,bar}} -> httpbin.{{foo,bar}}");
     let probes = ProbeLoop::start(specs, PROBE_INTERVAL, MAX_ROUNDS);
+    assert_rounds_pass(&probes, 5, "before any fault").await;
     probes
-        .wait_rounds(5, ROUNDS_TIMEOUT)
+}
+
+/// Waits for `rounds` more probe rounds; none may have failed so far.
+async fn assert_rounds_pass(probes: &ProbeLoop, rounds: usize, when: &str) {
+    probes
+        .wait_rounds(rounds, ROUNDS_TIMEOUT)
         .await
-        .expect("probe rounds before the fault");
-    assert_eq!(probes.failures(), Vec::<String>::new(), "before any fault");
+        .unwrap_or_else(|e| panic!("probe rounds {when}: {e:#}"));
+    assert_eq!(probes.failures(), Vec::<String>::new(), "{when}");
+}
+
+/// Every test's end: `rounds` more probe rounds after the fault, then no
+/// probe failed (at least `at_least` rounds ran), the Envoys are the ones
+/// started with no update rejected, and the mesh stops.
+async fn finish(
+    mut mesh: ExternalMesh,
+    pids: &EnvoyPids,
+    probes: ProbeLoop,
+    rounds: usize,
+    at_least: usize,
+) {
     probes
+        .wait_rounds(rounds, ROUNDS_TIMEOUT)
+        .await
+        .expect("probe rounds after the fault");
+    assert_no_failed_probe(probes, at_least).await;
+    assert_envoys_untouched(&mut mesh, pids).await;
+    mesh.stop().await;
 }
 
 /// Stops the loop: no probe may have failed, and it must have run.
@@ -104,7 +134,7 @@ async fn assert_no_failed_probe(probes: ProbeLoop, at_least: usize) -> usize {
 
 /// The same Envoy processes as at `pids`, none exited, and no xDS update
 /// ever rejected.
-async fn assert_envoys_untouched(mesh: &mut ExternalMesh, pids: &BTreeMap<String, Option<u32>>) {
+async fn assert_envoys_untouched(mesh: &mut ExternalMesh, pids: &EnvoyPids) {
     let exited = mesh.exited_envoys().await;
     assert!(exited.is_empty(), "Envoys exited: {exited:#?}");
     assert_eq!(&mesh.envoy_pids(), pids, "the same Envoy processes");
@@ -126,6 +156,15 @@ async fn wait_all_disconnected(mesh: &ExternalMesh) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until every Envoy is SYNCED on replica `i`, then checks its
+/// `/debug/syncz` says so with no NACK; `what` says why they converge.
+async fn converge_on(mesh: &mut ExternalMesh, i: usize, what: &str) {
+    mesh.wait_converged(&[i], CONVERGE)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    assert_syncz_clean(mesh, i).await;
 }
 
 /// Every proxy in replica `i`'s `/debug/syncz` SYNCED, no NACK recorded.
@@ -155,10 +194,9 @@ async fn assert_syncz_clean(mesh: &ExternalMesh, i: usize) {
 async fn sigterm_and_sigint_end_every_stream_cleanly_and_traffic_continues() {
     let test = "sigterm_and_sigint_end_every_stream_cleanly_and_traffic_continues";
     let scratch = ScratchDir::new("faults-signals").expect("scratch dir");
-    let Some(mut mesh) = start(test, &scratch, 1, base()).await else {
+    let Some((mut mesh, pids)) = start(test, &scratch, 1, base()).await else {
         return;
     };
-    let pids = mesh.envoy_pids();
     let probes = steady_probes(&mesh).await;
 
     for (round, signal) in ["TERM", "INT"].into_iter().enumerate() {
@@ -196,25 +234,12 @@ async fn sigterm_and_sigint_end_every_stream_cleanly_and_traffic_continues() {
         }
         wait_all_disconnected(&mesh).await;
         // Traffic with no control plane at all: the last config serves.
-        probes
-            .wait_rounds(10, ROUNDS_TIMEOUT)
-            .await
-            .expect("probe rounds while serve is down");
-        assert_eq!(probes.failures(), Vec::<String>::new(), "after SIG{signal}");
+        assert_rounds_pass(&probes, 10, &format!("after SIG{signal}")).await;
 
         mesh.restart_replica(0).await.expect("serve starts again");
-        mesh.wait_converged(&[0], CONVERGE)
-            .await
-            .expect("every Envoy re-syncs");
-        assert_syncz_clean(&mesh, 0).await;
+        converge_on(&mut mesh, 0, "every Envoy re-syncs").await;
     }
-    probes
-        .wait_rounds(3, ROUNDS_TIMEOUT)
-        .await
-        .expect("probe rounds after the restart");
-    assert_no_failed_probe(probes, 30).await;
-    assert_envoys_untouched(&mut mesh, &pids).await;
-    mesh.stop().await;
+    finish(mesh, &pids, probes, 3, 30).await;
 }
 
 /// (b) SIGKILL: requests between sidecars keep succeeding on the last
@@ -226,31 +251,23 @@ async fn sigterm_and_sigint_end_every_stream_cleanly_and_traffic_continues() {
 async fn sigkill_keeps_traffic_on_the_last_config_and_a_restart_resyncs_without_nack() {
     let test = "sigkill_keeps_traffic_on_the_last_config_and_a_restart_resyncs_without_nack";
     let scratch = ScratchDir::new("faults-sigkill").expect("scratch dir");
-    let Some(mut mesh) = start(test, &scratch, 1, base()).await else {
+    let Some((mut mesh, pids)) = start(test, &scratch, 1, base()).await else {
         return;
     };
-    let pids = mesh.envoy_pids();
     let root = mesh.state_root_pem().expect("root on disk");
     let probes = steady_probes(&mesh).await;
 
     mesh.kill_replica(0).await.expect("SIGKILL serve");
     wait_all_disconnected(&mesh).await;
-    probes
-        .wait_rounds(10, ROUNDS_TIMEOUT)
-        .await
-        .expect("probe rounds while serve is dead");
-    assert_eq!(probes.failures(), Vec::<String>::new(), "with serve dead");
+    assert_rounds_pass(&probes, 10, "with serve dead").await;
 
     let restarted = Instant::now();
     mesh.restart_replica(0).await.expect("serve starts again");
-    mesh.wait_converged(&[0], CONVERGE)
-        .await
-        .expect("every Envoy reconnects and re-syncs");
+    converge_on(&mut mesh, 0, "every Envoy reconnects and re-syncs").await;
     eprintln!(
         "all four Envoys re-synced {:?} after the restart",
         restarted.elapsed()
     );
-    assert_syncz_clean(&mesh, 0).await;
     assert!(
         mesh.replica_log(0).contains("loaded root CA"),
         "the restarted server loads the root it had"
@@ -263,13 +280,7 @@ async fn sigkill_keeps_traffic_on_the_last_config_and_a_restart_resyncs_without_
             .expect("ROOTCA");
         assert_eq!(held, root, "{}: trusts the one root", s.name);
     }
-    probes
-        .wait_rounds(5, ROUNDS_TIMEOUT)
-        .await
-        .expect("probe rounds after the re-sync");
-    assert_no_failed_probe(probes, 20).await;
-    assert_envoys_untouched(&mut mesh, &pids).await;
-    mesh.stop().await;
+    finish(mesh, &pids, probes, 5, 20).await;
 }
 
 /// Whether `cert_pem`'s signature verifies with `root_pem`'s key.
@@ -285,6 +296,23 @@ fn signed_by(cert_pem: &str, root_pem: &str) -> bool {
     cert.verify_signature(Some(root.public_key())).is_ok()
 }
 
+/// The certificate `sidecar`'s Envoy holds, after checking that it trusts
+/// `root` and that the certificate chains to it (`on`: the replica it got
+/// them from).
+async fn cert_from_root(mesh: &ExternalMesh, sidecar: &str, root: &str, on: usize) -> String {
+    let trusted = mesh
+        .envoy_secret_pem(sidecar, "ROOTCA")
+        .await
+        .expect("ROOTCA");
+    let cert = mesh
+        .envoy_secret_pem(sidecar, "default")
+        .await
+        .expect("certificate");
+    assert_eq!(trusted, root, "{sidecar}: ROOTCA from replica {on}");
+    assert!(signed_by(&cert, root), "{sidecar}: cert from replica {on}");
+    cert
+}
+
 /// (c) Two replicas on one state directory, started at once on an empty
 /// one: they settle on one root. Every bootstrap lists both; the replica
 /// sleep.foo's Envoy is connected to is killed, and it (with every other
@@ -295,10 +323,9 @@ fn signed_by(cert_pem: &str, root_pem: &str) -> bool {
 async fn an_envoy_fails_over_to_the_other_replica_and_both_replicas_share_one_root() {
     let test = "an_envoy_fails_over_to_the_other_replica_and_both_replicas_share_one_root";
     let scratch = ScratchDir::new("faults-replicas").expect("scratch dir");
-    let Some(mut mesh) = start(test, &scratch, 2, base()).await else {
+    let Some((mut mesh, pids)) = start(test, &scratch, 2, base()).await else {
         return;
     };
-    let pids = mesh.envoy_pids();
     let created = (0..2)
         .filter(|&i| mesh.replica_log(i).contains("created a new root CA"))
         .count();
@@ -309,20 +336,7 @@ async fn an_envoy_fails_over_to_the_other_replica_and_both_replicas_share_one_ro
     let mut before = BTreeMap::new();
     for s in &mesh.sidecars {
         let on = mesh.replica_of(&s.node_id).await.expect("connected");
-        let trusted = mesh
-            .envoy_secret_pem(&s.name, "ROOTCA")
-            .await
-            .expect("ROOTCA");
-        let cert = mesh
-            .envoy_secret_pem(&s.name, "default")
-            .await
-            .expect("certificate");
-        assert_eq!(trusted, root, "{}: ROOTCA from replica {on}", s.name);
-        assert!(
-            signed_by(&cert, &root),
-            "{}: cert from replica {on}",
-            s.name
-        );
+        let cert = cert_from_root(&mesh, &s.name, &root, on).await;
         before.insert(s.name.clone(), (on, cert));
     }
     eprintln!(
@@ -336,32 +350,16 @@ async fn an_envoy_fails_over_to_the_other_replica_and_both_replicas_share_one_ro
     let other = 1 - dead;
     mesh.kill_replica(dead).await.expect("SIGKILL the replica");
     let killed = Instant::now();
-    mesh.wait_converged(&[other], CONVERGE)
-        .await
-        .expect("every Envoy is on the other replica");
+    converge_on(&mut mesh, other, "every Envoy is on the other replica").await;
     eprintln!(
         "all four Envoys SYNCED on replica {other} {:?} after replica {dead} was killed",
         killed.elapsed()
     );
-    assert_syncz_clean(&mesh, other).await;
     let node = mesh.sidecar(target).expect("sleep.foo").node_id.clone();
     assert_eq!(mesh.replica_of(&node).await, Some(other));
 
     for s in &mesh.sidecars {
-        let trusted = mesh
-            .envoy_secret_pem(&s.name, "ROOTCA")
-            .await
-            .expect("ROOTCA");
-        let cert = mesh
-            .envoy_secret_pem(&s.name, "default")
-            .await
-            .expect("certificate");
-        assert_eq!(trusted, root, "{}: ROOTCA from replica {other}", s.name);
-        assert!(
-            signed_by(&cert, &root),
-            "{}: cert from replica {other}",
-            s.name
-        );
+        let cert = cert_from_root(&mesh, &s.name, &root, other).await;
         let (was_on, old_cert) = &before[&s.name];
         if *was_on == dead {
             assert_ne!(
@@ -371,13 +369,7 @@ async fn an_envoy_fails_over_to_the_other_replica_and_both_replicas_share_one_ro
             );
         }
     }
-    probes
-        .wait_rounds(10, ROUNDS_TIMEOUT)
-        .await
-        .expect("probe rounds after the failover");
-    assert_no_failed_probe(probes, 15).await;
-    assert_envoys_untouched(&mut mesh, &pids).await;
-    mesh.stop().await;
+    finish(mesh, &pids, probes, 10, 15).await;
 }
 
 /// (d) Every Envoy reconnecting at once while the config changes: `serve`
@@ -391,10 +383,9 @@ async fn a_config_change_while_every_envoy_reconnects_converges_to_the_new_confi
     let scratch = ScratchDir::new("faults-reconnect-change").expect("scratch dir");
     let config = scratch.path().join("config");
     copy_dir(&workspace_root().join("examples/article/base"), &config).expect("copy base");
-    let Some(mut mesh) = start(test, &scratch, 1, vec![config.clone()]).await else {
+    let Some((mut mesh, pids)) = start(test, &scratch, 1, vec![config.clone()]).await else {
         return;
     };
-    let pids = mesh.envoy_pids();
     assert_matrix(&mesh.article_matrix().await, STAGE0);
     let probes = steady_probes(&mesh).await;
 
@@ -426,19 +417,9 @@ async fn a_config_change_while_every_envoy_reconnects_converges_to_the_new_confi
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    mesh.wait_converged(&[0], CONVERGE)
-        .await
-        .expect("every Envoy converges on the new config");
-    assert_syncz_clean(&mesh, 0).await;
+    converge_on(&mut mesh, 0, "every Envoy converges on the new config").await;
     assert_matrix(&mesh.article_matrix().await, STAGE1);
-
-    probes
-        .wait_rounds(5, ROUNDS_TIMEOUT)
-        .await
-        .expect("probe rounds after the change");
-    assert_no_failed_probe(probes, 10).await;
-    assert_envoys_untouched(&mut mesh, &pids).await;
-    mesh.stop().await;
+    finish(mesh, &pids, probes, 5, 10).await;
 }
 
 /// `/debug/configz` of replica 0.

@@ -32,7 +32,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use translator::model::build::Addressing;
-use translator::model::{Labels, Mesh};
+use translator::model::{Labels, Mesh, ServicePort, Workload};
 
 /// Options of a [`LocalMesh`].
 #[derive(Clone, Debug)]
@@ -362,20 +362,7 @@ impl LocalMesh {
                 }
                 for p in &s.ports {
                     let host = format!("{}.{}:{}", s.name, s.namespace, p.port);
-                    let target = if w.sidecar {
-                        Some(SocketAddr::new(w.ip, mesh.config.outbound_port))
-                    } else {
-                        // kube-proxy: straight to one endpoint's pod IP and target port.
-                        mesh.index
-                            .service_endpoints
-                            .get(si)
-                            .and_then(|e| e.first())
-                            .and_then(|&ei| mesh.workloads.get(ei))
-                            .and_then(|ep| {
-                                ep.resolve_target(&p.target_port)
-                                    .map(|t| SocketAddr::new(ep.ip, t))
-                            })
-                    };
+                    let target = probe_target(mesh, w, si, p);
                     let spiffe = mesh.spiffe_id(&w.namespace, &w.service_account);
                     let reason = super::explain::explain(mesh, &state.translation, w, s, p);
                     jobs.push((from_name.clone(), host, target, spiffe, reason));
@@ -384,29 +371,14 @@ impl LocalMesh {
         }
         let results = futures::future::join_all(jobs.into_iter().map(
             |(from, to, target, spiffe, reason)| async move {
-                let Some(addr) = target else {
-                    return ProbeRow {
-                        from,
-                        to,
-                        outcome: "no endpoints".into(),
-                        mtls: false,
-                        reason: Some("the service selects no workload".into()),
-                    };
+                let (mut row, ok) =
+                    probe_row(from, to, target, &spiffe, Duration::from_secs(5)).await;
+                row.reason = match target {
+                    None => Some("the service selects no workload".into()),
+                    Some(_) if !ok => reason,
+                    Some(_) => None,
                 };
-                let r = probe(addr, &to, "/headers", Duration::from_secs(5)).await;
-                let mtls = r.xfcc.as_deref().and_then(xfcc_uri) == Some(spiffe.as_str());
-                let outcome = match &r.outcome {
-                    Outcome::Status(c) => c.to_string(),
-                    other => other.to_string(),
-                };
-                let ok = matches!(r.outcome, Outcome::Status(c) if (200..300).contains(&c));
-                ProbeRow {
-                    from,
-                    to,
-                    outcome,
-                    mtls,
-                    reason: if ok { None } else { reason },
-                }
+                row
             },
         ))
         .await;
@@ -489,8 +461,66 @@ async fn stop_running(r: Running) {
     r.echo.stop().await;
 }
 
-/// Target ports Services expose on a workload.
-fn target_ports(mesh: &Mesh, wi: usize) -> Vec<u16> {
+/// Probes `to` at `target` (`None`: "no endpoints", not probed) as client
+/// `from`, whose SPIFFE ID the server sees in XFCC when mTLS carried it.
+/// The row has no `reason`; the flag says whether a 2xx answered. Public so
+/// the e2e harness fills its matrix the same way.
+pub async fn probe_row(
+    from: String,
+    to: String,
+    target: Option<SocketAddr>,
+    spiffe: &str,
+    timeout: Duration,
+) -> (ProbeRow, bool) {
+    let Some(addr) = target else {
+        let row = ProbeRow {
+            from,
+            to,
+            outcome: "no endpoints".into(),
+            mtls: false,
+            reason: None,
+        };
+        return (row, false);
+    };
+    let r = probe(addr, &to, "/headers", timeout).await;
+    let mtls = r.xfcc.as_deref().and_then(xfcc_uri) == Some(spiffe);
+    let outcome = match &r.outcome {
+        Outcome::Status(c) => c.to_string(),
+        other => other.to_string(),
+    };
+    let ok = matches!(r.outcome, Outcome::Status(c) if (200..300).contains(&c));
+    let row = ProbeRow {
+        from,
+        to,
+        outcome,
+        mtls,
+        reason: None,
+    };
+    (row, ok)
+}
+
+/// Where client `w` sends a probe of port `p` of service `si`: a sidecar
+/// client to its outbound listener, one without (kube-proxy) straight to
+/// the first endpoint's pod IP and target port; `None` with no endpoint.
+/// Public so the e2e harness probes the same way.
+pub fn probe_target(mesh: &Mesh, w: &Workload, si: usize, p: &ServicePort) -> Option<SocketAddr> {
+    if w.sidecar {
+        return Some(SocketAddr::new(w.ip, mesh.config.outbound_port));
+    }
+    mesh.index
+        .service_endpoints
+        .get(si)
+        .and_then(|e| e.first())
+        .and_then(|&ei| mesh.workloads.get(ei))
+        .and_then(|ep| {
+            ep.resolve_target(&p.target_port)
+                .map(|t| SocketAddr::new(ep.ip, t))
+        })
+}
+
+/// Target ports Services expose on a workload (the e2e harness routes the
+/// same ports, so it calls this rather than keeping its own copy).
+pub fn target_ports(mesh: &Mesh, wi: usize) -> Vec<u16> {
     let mut ports = BTreeSet::new();
     let Some(w) = mesh.workloads.get(wi) else {
         return Vec::new();

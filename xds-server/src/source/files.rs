@@ -618,15 +618,7 @@ mod tests {
     #[test]
     fn ten_thousand_policies_in_one_file_load() {
         let dir = TempDir::new("ten-thousand");
-        let mut text = String::new();
-        for i in 0..10_000 {
-            text.push_str(&format!(
-                "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\n\
-                 metadata: {{name: p{i}, namespace: ns{}}}\nspec:\n  selector: {{matchLabels: {{app: a{i}}}}}\n  \
-                 mtls: {{mode: STRICT}}\n  portLevelMtls:\n    8080: {{mode: DISABLE}}\n",
-                i % 100
-            ));
-        }
+        let text = crds::test_support::many_peer_authentications(10_000);
         assert!(
             text.len() as u64 <= DEFAULT_MAX_FILE_BYTES,
             "{}",

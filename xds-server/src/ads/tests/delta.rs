@@ -7,10 +7,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 
 /// One client-side delta stream.
-pub(in crate::ads) struct Stream {
-    tx: mpsc::Sender<DeltaDiscoveryRequest>,
-    rx: Streaming<DeltaDiscoveryResponse>,
-}
+pub(in crate::ads) type Stream = ClientStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
 
 impl Stream {
     pub(in crate::ads) async fn open(server: &AdsServer<FakeSource>) -> Stream {
@@ -21,30 +18,6 @@ impl Stream {
             .expect("stream opens")
             .into_inner();
         Stream { tx, rx }
-    }
-
-    pub(in crate::ads) async fn send(&self, request: DeltaDiscoveryRequest) {
-        self.tx.send(request).await.expect("server reads requests");
-    }
-
-    pub(in crate::ads) async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        self.rx
-            .message()
-            .await
-            .expect("no stream error")
-            .expect("a response before the end of the stream")
-    }
-
-    /// The status the stream ends with, skipping responses still queued
-    /// before it; fails the test if the stream ends without an error.
-    pub(in crate::ads) async fn status(&mut self) -> Status {
-        loop {
-            match self.rx.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without an error status"),
-                Err(status) => return status,
-            }
-        }
     }
 
     async fn ack(&self, response: &DeltaDiscoveryResponse) {

@@ -324,3 +324,37 @@ fn ads_view_errors_map_to_grpc_codes() {
         assert_eq!(status.message(), error.to_string());
     }
 }
+
+/// One client-side ADS stream of either protocol (each protocol's module
+/// names its own as `Stream`): what the tests do the same way on both.
+pub(in crate::ads) struct ClientStream<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    rx: Streaming<Resp>,
+}
+
+impl<Req, Resp> ClientStream<Req, Resp> {
+    pub(in crate::ads) async fn send(&self, request: Req) {
+        self.tx.send(request).await.expect("server reads requests");
+    }
+
+    /// The next response; fails the test on an error or end of stream.
+    pub(in crate::ads) async fn recv(&mut self) -> Resp {
+        self.rx
+            .message()
+            .await
+            .expect("no stream error")
+            .expect("a response before the end of the stream")
+    }
+
+    /// The status the stream ends with, skipping responses still queued
+    /// before it; fails the test if the stream ends without an error.
+    pub(in crate::ads) async fn status(&mut self) -> Status {
+        loop {
+            match self.rx.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error status"),
+                Err(status) => return status,
+            }
+        }
+    }
+}

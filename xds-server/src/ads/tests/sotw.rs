@@ -7,10 +7,7 @@ use tonic::Code;
 use translator::xds::set_version;
 
 /// One client-side SotW stream.
-pub(in crate::ads) struct Stream {
-    tx: mpsc::Sender<DiscoveryRequest>,
-    rx: Streaming<DiscoveryResponse>,
-}
+pub(in crate::ads) type Stream = ClientStream<DiscoveryRequest, DiscoveryResponse>;
 
 impl Stream {
     pub(in crate::ads) async fn open(server: &AdsServer<FakeSource>) -> Stream {
@@ -31,31 +28,6 @@ impl Stream {
             .expect("stream opens")
             .into_inner();
         Stream { tx, rx }
-    }
-
-    pub(in crate::ads) async fn send(&self, request: DiscoveryRequest) {
-        self.tx.send(request).await.expect("server reads requests");
-    }
-
-    /// The next response; fails the test on an error or end of stream.
-    pub(in crate::ads) async fn recv(&mut self) -> DiscoveryResponse {
-        self.rx
-            .message()
-            .await
-            .expect("no stream error")
-            .expect("a response before the end of the stream")
-    }
-
-    /// The status the stream ends with, skipping responses still queued
-    /// before it; fails the test if the stream ends without an error.
-    pub(in crate::ads) async fn status(&mut self) -> Status {
-        loop {
-            match self.rx.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the stream ended without an error status"),
-                Err(status) => return status,
-            }
-        }
     }
 
     /// Sends an ACK of `response`, subscribed to `names`.

@@ -107,6 +107,21 @@ fn service(ns: &str, name: &str, port: i32) -> Value {
     serde_json::to_value(&svc).expect("a Service serializes")
 }
 
+/// A container with one named TCP port.
+fn container(name: &str, image: &str, (port_name, port): (&str, i32)) -> Container {
+    Container {
+        name: name.to_string(),
+        image: Some(image.to_string()),
+        ports: Some(vec![ContainerPort {
+            name: Some(port_name.to_string()),
+            container_port: port,
+            protocol: Some("TCP".to_string()),
+            ..ContainerPort::default()
+        }]),
+        ..Container::default()
+    }
+}
+
 /// A pod with an app container and an istio-proxy sidecar.
 fn pod(ns: &str, name: &str, ip: Option<&str>, phase: &str) -> Value {
     let app = name.split('-').next().unwrap_or(name);
@@ -121,28 +136,14 @@ fn pod(ns: &str, name: &str, ip: Option<&str>, phase: &str) -> Value {
             service_account_name: Some(app.to_string()),
             node_name: Some("node-1".to_string()),
             containers: vec![
+                container(app, &format!("registry.example/{app}:1"), ("http", 8080)),
                 Container {
-                    name: app.to_string(),
-                    image: Some(format!("registry.example/{app}:1")),
-                    ports: Some(vec![ContainerPort {
-                        name: Some("http".to_string()),
-                        container_port: 8080,
-                        protocol: Some("TCP".to_string()),
-                        ..ContainerPort::default()
-                    }]),
-                    ..Container::default()
-                },
-                Container {
-                    name: "istio-proxy".to_string(),
-                    image: Some("docker.io/istio/proxyv2:1.24.0".to_string()),
                     args: Some(vec!["proxy".to_string(), "sidecar".to_string()]),
-                    ports: Some(vec![ContainerPort {
-                        name: Some("http-envoy-prom".to_string()),
-                        container_port: 15090,
-                        protocol: Some("TCP".to_string()),
-                        ..ContainerPort::default()
-                    }]),
-                    ..Container::default()
+                    ..container(
+                        "istio-proxy",
+                        "docker.io/istio/proxyv2:1.24.0",
+                        ("http-envoy-prom", 15090),
+                    )
                 },
             ],
             ..PodSpec::default()
@@ -875,15 +876,13 @@ async fn an_invalid_policy_is_reported_and_its_last_good_version_stays_in_force(
     .await;
 
     // `strict` breaks while `other` changes validly.
-    api.apply(
-        "peerauthentications",
-        with_bad_mode(peer_authentication(
-            "foo",
-            "strict",
-            MtlsMode::Strict,
-            CREATED,
-        )),
-    );
+    let broken_strict = with_bad_mode(peer_authentication(
+        "foo",
+        "strict",
+        MtlsMode::Strict,
+        CREATED,
+    ));
+    api.apply("peerauthentications", broken_strict.clone());
     api.apply(
         "peerauthentications",
         peer_authentication("foo", "other", MtlsMode::Disable, CREATED + 60),
@@ -958,15 +957,7 @@ async fn an_invalid_policy_is_reported_and_its_last_good_version_stays_in_force(
     assert_eq!(pa_mode(&snap, "foo", "strict"), Some(MtlsMode::Permissive));
 
     // Broken again, then deleted: gone, last good version and error alike.
-    api.apply(
-        "peerauthentications",
-        with_bad_mode(peer_authentication(
-            "foo",
-            "strict",
-            MtlsMode::Strict,
-            CREATED,
-        )),
-    );
+    api.apply("peerauthentications", broken_strict);
     wait_for(&mut rx, |s| s.errors.len() == 2).await;
     api.delete("peerauthentications", "foo", "strict");
     api.delete("peerauthentications", "foo", "ports");
