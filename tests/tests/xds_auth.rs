@@ -261,6 +261,26 @@ async fn clients_without_a_certificate_of_our_ca_cannot_open_a_stream() {
 }
 
 #[tokio::test]
+async fn after_shutdown_the_xds_port_is_free_again() {
+    let scratch = ScratchDir::new("xds-auth-shutdown").expect("scratch");
+    let server = serve(&scratch).await;
+    let addr = server.xds_addr;
+    server.shutdown(Duration::from_secs(5)).await;
+    // The listener goes with the server, not at the next connection.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => break,
+            Err(error) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{addr} still bound after shutdown: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn plaintext_xds_is_refused_off_loopback() {
     let scratch = ScratchDir::new("xds-auth-insecure").expect("scratch");
     let error = start(options(&scratch, "0.0.0.0:0", XdsSecurity::Insecure))

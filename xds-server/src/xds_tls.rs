@@ -369,8 +369,13 @@ pub fn incoming(
     let timeout = limits.handshake_timeout;
     tokio::spawn(async move {
         // Ends when the gRPC server dropped its side.
-        while !tx.is_closed() {
-            let (tcp, remote, slot) = connections.accept(&listener).await;
+        loop {
+            // Ends, dropping the listener, as soon as the gRPC server lets
+            // go of its side (shutdown), not at the next connection.
+            let (tcp, remote, slot) = tokio::select! {
+                accepted = connections.accept(&listener) => accepted,
+                () = tx.closed() => break,
+            };
             let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
                 // Never closed; if it were, no handshake could run.
                 break;

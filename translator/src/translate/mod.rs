@@ -258,7 +258,26 @@ pub fn translate(mesh: &Mesh) -> Translation {
         let mut listeners = ResourceMap::new();
         let mut inbound_clusters = ResourceMap::new();
         let app_ip = w.app_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        for (port, (protocol, _, _)) in tps.get(wi).into_iter().flatten() {
+        for (port, (protocol, _, services)) in tps.get(wi).into_iter().flatten() {
+            // The outbound listener is IP:outbound_port too: an inbound one
+            // there would be replaced by it, silently.
+            if *port == mesh.config.outbound_port {
+                let pod = w.owner.as_deref().map_or("Pod", |_| "Deployment");
+                let name = w.owner.as_deref().unwrap_or(&w.name);
+                diags.push(crate::diag::Diagnostic::warning(
+                    crate::model::ObjectRef::new(pod, &w.namespace, name),
+                    Some("spec.containers[].ports".into()),
+                    format!(
+                        "{} targets port {port} of {}/{}, which is the sidecar's outbound port: \
+                         it gets no inbound listener, so mTLS is not enforced there; use another \
+                         target port (or --outbound-port)",
+                        services.join(", "),
+                        w.namespace,
+                        w.name
+                    ),
+                ));
+                continue;
+            }
             let mode = server_mode(wi, *port)
                 .map(|d| d.mode)
                 .unwrap_or(ServerMode::Permissive);
@@ -312,5 +331,53 @@ pub fn translate(mesh: &Mesh) -> Translation {
         server_ports,
         client_choices,
         endpoint_specs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MeshConfig;
+    use crate::model::build::{Addressing, mesh_from_yaml};
+
+    #[test]
+    fn a_target_port_on_the_outbound_port_is_a_diagnostic_not_a_lost_listener() {
+        let yaml = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: foo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: foo}
+spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 15001}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: foo, labels: {app: web}}
+spec: {containers: [{name: app, image: app}]}
+"#;
+        let addressing = Addressing {
+            pod_net: Ipv4Addr::new(127, 16, 0, 0),
+            app_net: None,
+        };
+        let mesh = mesh_from_yaml(
+            &[("web.yaml".into(), yaml.into())],
+            MeshConfig::default(),
+            &addressing,
+        )
+        .expect("valid");
+        let t = translate(&mesh);
+        let found = t
+            .diagnostics
+            .iter()
+            .find(|d| d.message.contains("outbound port"))
+            .expect("a diagnostic");
+        assert_eq!(found.object.name, "web-0", "{found}");
+        assert!(found.message.contains("web.foo:80"), "{found}");
+        let plan = t.proxy("foo", "web-0").expect("the pod has a sidecar");
+        // One listener on IP:15001, and it is the outbound one.
+        assert_eq!(plan.listeners.len(), 1);
+        assert!(plan.inbound_clusters.is_empty());
     }
 }
