@@ -342,20 +342,31 @@ mod tests {
 
     #[test]
     fn a_target_port_on_the_outbound_port_is_a_diagnostic_not_a_lost_listener() {
+        // A pod with an injected sidecar behind a Service whose target
+        // port is the sidecar's own outbound port.
         let yaml = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: foo, labels: {istio-injection: enabled}}
----
-apiVersion: v1
 kind: Service
-metadata: {name: web, namespace: foo}
-spec: {selector: {app: web}, ports: [{name: http, port: 80, targetPort: 15001}]}
----
 apiVersion: v1
+metadata:
+  namespace: foo
+  name: web
+spec:
+  ports:
+  - {name: http, port: 80, targetPort: 15001}
+  selector:
+    app: web
+---
 kind: Pod
-metadata: {name: web-0, namespace: foo, labels: {app: web}}
-spec: {containers: [{name: app, image: app}]}
+apiVersion: v1
+metadata:
+  namespace: foo
+  name: web-0
+  labels:
+    app: web
+    security.istio.io/tlsMode: istio
+spec:
+  containers:
+  - {name: app, image: app}
 "#;
         let addressing = Addressing {
             pod_net: Ipv4Addr::new(127, 16, 0, 0),
