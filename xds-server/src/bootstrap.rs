@@ -19,7 +19,7 @@
 //! ([`XDS_RETRY_MAX`]) so a sidecar is never more than a few seconds from
 //! a replica that is back.
 
-use crate::ca::{CertificateAuthority, write_atomically};
+use crate::ca::{CertificateAuthority, SecretString, write_atomically};
 use crate::identity::Identity;
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -52,6 +52,27 @@ pub fn write_client_credentials(
     dir: &Path,
     lifetime: Duration,
 ) -> anyhow::Result<XdsClientTls> {
+    let cert = ca
+        .issue(identity, lifetime, SystemTime::now())
+        .with_context(|| format!("issuing the bootstrap certificate of {identity}"))?;
+    write_credentials(
+        dir,
+        &cert.cert_chain_pem,
+        &cert.private_key_pem,
+        ca.root_pem(),
+        server_identity.spiffe_id(ca.trust_domain()),
+    )
+}
+
+/// Writes a bootstrap client certificate, its key (mode 0600) and the root
+/// into `dir` (created 0700 if missing), each atomically.
+pub fn write_credentials(
+    dir: &Path,
+    cert_chain_pem: &str,
+    private_key_pem: &SecretString,
+    root_pem: &str,
+    server_spiffe_id: String,
+) -> anyhow::Result<XdsClientTls> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -59,23 +80,83 @@ pub fn write_client_credentials(
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::path::absolute(dir).with_context(|| format!("resolving {}", dir.display()))?;
-    let cert = ca
-        .issue(identity, lifetime, SystemTime::now())
-        .with_context(|| format!("issuing the bootstrap certificate of {identity}"))?;
     let tls = XdsClientTls {
         cert_chain: dir.join("xds-cert.pem"),
         private_key: dir.join("xds-key.pem"),
         root_cert: dir.join("root-cert.pem"),
-        server_spiffe_id: server_identity.spiffe_id(ca.trust_domain()),
+        server_spiffe_id,
     };
-    write_atomically(
-        &tls.private_key,
-        cert.private_key_pem.expose().as_bytes(),
-        0o600,
-    )?;
-    write_atomically(&tls.cert_chain, cert.cert_chain_pem.as_bytes(), 0o644)?;
-    write_atomically(&tls.root_cert, ca.root_pem().as_bytes(), 0o644)?;
+    write_atomically(&tls.private_key, private_key_pem.expose().as_bytes(), 0o600)?;
+    write_atomically(&tls.cert_chain, cert_chain_pem.as_bytes(), 0o644)?;
+    write_atomically(&tls.root_cert, root_pem.as_bytes(), 0o644)?;
     Ok(tls)
+}
+
+/// A control plane address as a bootstrap names it: an IP address, or a
+/// DNS name (a Service's, in a cluster), and a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl HostPort {
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl From<SocketAddr> for HostPort {
+    fn from(a: SocketAddr) -> Self {
+        HostPort {
+            host: a.ip().to_string(),
+            port: a.port(),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.ip() {
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:{}", self.port),
+            _ => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl std::str::FromStr for HostPort {
+    type Err = String;
+
+    /// `IP:PORT`, `[IPV6]:PORT` or `NAME:PORT`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(a.into());
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("{s:?} is not HOST:PORT"));
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port number"))?;
+        let name_ok = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            });
+        if !name_ok {
+            return Err(format!(
+                "{s:?}: {host:?} is neither an IP address nor a DNS name"
+            ));
+        }
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
 }
 
 pub struct BootstrapParams<'a> {
@@ -88,7 +169,7 @@ pub struct BootstrapParams<'a> {
     pub workload_name: &'a str,
     /// The control plane's ADS addresses (one per replica), in order; at
     /// least one.
-    pub xds_addrs: &'a [SocketAddr],
+    pub xds_addrs: &'a [HostPort],
     pub delta: bool,
     pub admin: SocketAddr,
     pub cluster_domain: &'a str,
@@ -120,14 +201,17 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
         .iter()
         .map(|a| {
             json!({"endpoint": {"address": {"socket_address": {
-                "address": a.ip().to_string(),
-                "port_value": a.port()
+                "address": a.host,
+                "port_value": a.port
             }}}})
         })
         .collect();
+    // Addresses only: a static cluster. A name (the Service in a cluster):
+    // resolved by Envoy, and re-resolved, as any DNS cluster.
+    let static_only = p.xds_addrs.iter().all(|a| a.ip().is_some());
     let mut xds_cluster = json!({
         "name": XDS_CLUSTER,
-        "type": "STATIC",
+        "type": if static_only { "STATIC" } else { "STRICT_DNS" },
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -230,7 +314,7 @@ pub fn bootstrap_yaml(p: &BootstrapParams<'_>) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
-    fn yaml_of(xds_addrs: &[SocketAddr]) -> anyhow::Result<Value> {
+    fn yaml_of(xds_addrs: &[HostPort]) -> anyhow::Result<Value> {
         let labels = BTreeMap::new();
         let yaml = bootstrap_yaml(&BootstrapParams {
             namespace: "foo",
@@ -250,7 +334,7 @@ mod tests {
 
     #[test]
     fn every_xds_address_is_an_endpoint_of_the_ads_cluster_in_order() {
-        let addrs: Vec<SocketAddr> = ["127.0.0.1:15010", "10.0.0.2:15012"]
+        let addrs: Vec<HostPort> = ["127.0.0.1:15010", "10.0.0.2:15012"]
             .iter()
             .map(|a| a.parse().expect("address"))
             .collect();

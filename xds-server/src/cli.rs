@@ -2,7 +2,9 @@
 //! (`XDS_...`, shown in `--help`).
 
 use crate::ads::Limits;
-use crate::bootstrap::{BootstrapParams, bootstrap_yaml, write_client_credentials};
+use crate::bootstrap::{
+    BootstrapParams, HostPort, bootstrap_yaml, write_client_credentials, write_credentials,
+};
 use crate::ca::CertificateAuthority;
 use crate::identity::Identity;
 use crate::server::{KubeSource, ServerOptions, XdsSecurity, start};
@@ -102,6 +104,15 @@ pub struct ServeArgs {
     /// With --kube: keep the root CA in this Secret (NAMESPACE/NAME), created if absent (create-only, so replicas starting together share one root), instead of --state-dir.
     #[arg(long, env = "XDS_CA_SECRET", value_parser = parse_namespaced_name)]
     pub ca_secret: Option<(String, String)>,
+    /// With --kube: address of the certificate endpoint (HTTPS) where a pod's init step exchanges its service-account token for its bootstrap client certificate (`xds-server bootstrap --ca-addr`).
+    #[arg(long, env = "XDS_CA_ADDR", default_value = "127.0.0.1:15012")]
+    pub ca_addr: SocketAddr,
+    /// With --kube: the audience a pod's token must be issued for (checked with TokenReview); may repeat.
+    #[arg(long, env = "XDS_TOKEN_AUDIENCE", value_delimiter = ',', default_value = crate::enroll::DEFAULT_AUDIENCE)]
+    pub token_audience: Vec<String>,
+    /// With --kube: lifetime of the bootstrap client certificates the certificate endpoint signs.
+    #[arg(long, env = "XDS_BOOTSTRAP_CERT_LIFETIME", default_value = "720h", value_parser = parse_duration)]
+    pub bootstrap_cert_lifetime: Duration,
     /// Address of the ADS gRPC server.
     #[arg(long, env = "XDS_ADDR", default_value = "127.0.0.1:15010")]
     pub xds_addr: SocketAddr,
@@ -230,30 +241,46 @@ pub struct UpArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BootstrapArgs {
-    #[arg(long)]
+    /// The pod's namespace (in a pod: from the downward API).
+    #[arg(long, env = "POD_NAMESPACE")]
     pub namespace: String,
-    /// Pod name (for a Deployment's replicas: DEPLOYMENT-0, DEPLOYMENT-1, ...).
-    #[arg(long)]
+    /// Pod name (for a Deployment's replicas in --config-dir: DEPLOYMENT-0, DEPLOYMENT-1, ...).
+    #[arg(long, env = "POD_NAME")]
     pub pod: String,
     /// The pod's IP; looked up in --config-dir when left out.
-    #[arg(long)]
+    #[arg(long, env = "INSTANCE_IP")]
     pub ip: Option<IpAddr>,
-    /// Where the control plane's ADS server listens: one address per replica (repeat the flag or separate with commas); Envoy fails over between them.
+    /// Where the control plane's ADS server listens (IP:PORT or NAME:PORT, e.g. the Service xds-server.istio-system.svc:15010): one address per replica (repeat the flag or separate with commas); Envoy fails over between them.
     #[arg(long, env = "XDS_ADDR", value_delimiter = ',', required = true)]
-    pub xds_addr: Vec<SocketAddr>,
+    pub xds_addr: Vec<HostPort>,
+    /// In a cluster: get the bootstrap client certificate from the control plane's certificate endpoint (HOST:PORT, e.g. xds-server.istio-system.svc:15012) with the pod's service-account token, instead of signing it with the CA in --state-dir. The identity is the token's service account.
+    #[arg(long, env = "XDS_CA_ADDR")]
+    pub ca_addr: Option<HostPort>,
+    /// With --ca-addr: the projected service-account token (audience istio-ca by default).
+    #[arg(long, env = "XDS_TOKEN_FILE", default_value = crate::enroll::DEFAULT_TOKEN_PATH)]
+    pub token_file: PathBuf,
+    /// With --ca-addr: the root certificate that the certificate endpoint's and the xDS server's certificates must chain to (the ConfigMap istio-ca-root-cert, mounted).
+    #[arg(long, env = "XDS_ROOT_CERT", default_value = crate::enroll::DEFAULT_ROOT_PATH)]
+    pub root_cert: PathBuf,
+    /// With --ca-addr: how long to keep trying while the endpoint is unreachable or cannot check tokens yet.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub enroll_timeout: Duration,
+    /// Write the bootstrap to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
     /// Use delta (incremental) xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
-    /// The control plane's state directory: its CA signs the bootstrap client certificate.
+    /// The control plane's state directory: its CA signs the bootstrap client certificate (without --ca-addr).
     #[arg(long, env = "XDS_STATE_DIR", default_value = ".xds-state")]
     pub state_dir: PathBuf,
     /// Config to look the pod up in (IP, service account, labels).
     #[arg(long = "config-dir", env = "XDS_CONFIG_DIR", value_delimiter = ',')]
     pub config_dirs: Vec<PathBuf>,
-    /// Where the files the bootstrap references go (client certificate, key with mode 0600, root). Default: STATE_DIR/bootstrap/NAMESPACE/POD.
+    /// Where the files the bootstrap references go (client certificate, key with mode 0600, root). Default: STATE_DIR/bootstrap/NAMESPACE/POD, or with --ca-addr the directory of --output.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
-    /// Lifetime of the bootstrap client certificate (the workload's proof of identity to the control plane).
+    /// Lifetime of the bootstrap client certificate (the workload's proof of identity to the control plane); with --ca-addr the control plane's --bootstrap-cert-lifetime decides.
     #[arg(long, default_value = "720h", value_parser = parse_duration)]
     pub cert_lifetime: Duration,
     /// For a control plane run with --insecure-xds: plaintext xDS, no certificate.
@@ -324,6 +351,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         kube: args.kube.then(|| KubeSource {
             kubeconfig: args.kubeconfig.clone(),
             ca_secret: args.ca_secret.clone(),
+            ca_addr: args.ca_addr,
+            token_audiences: args.token_audience.clone(),
+            bootstrap_cert_lifetime: args.bootstrap_cert_lifetime,
         }),
         xds_addr: args.xds_addr,
         debug_addr: args.debug_addr,
@@ -358,7 +388,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
+/// `bootstrap`: the YAML to standard output, or to `--output`.
+pub async fn bootstrap_command(args: BootstrapArgs) -> anyhow::Result<()> {
+    let output = args.output.clone();
+    let yaml = bootstrap(args).await?;
+    match output {
+        Some(path) => crate::ca::write_atomically(&path, yaml.as_bytes(), 0o644)
+            .with_context(|| format!("writing the bootstrap to {}", path.display())),
+        None => {
+            print!("{yaml}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
     let snap = FileLoader::new(args.config_dirs.clone()).load();
     let (mesh, _) = snap.build_mesh(args.mesh.mesh_config(), &args.mesh.addressing());
     let found = mesh.workload(&args.namespace, &args.pod).map(|(_, w)| w);
@@ -380,44 +424,97 @@ pub fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
         ),
     };
     let empty = Default::default();
-    let sa = found
-        .map(|w| w.service_account.as_str())
-        .unwrap_or("default");
-    let tls = if args.insecure_xds {
-        None
-    } else {
-        let ca = CertificateAuthority::load_or_create(&args.state_dir, &args.mesh.trust_domain)
-            .with_context(|| format!("loading the CA from {}", args.state_dir.display()))?;
-        let dir = args.out_dir.clone().unwrap_or_else(|| {
-            args.state_dir
-                .join("bootstrap")
-                .join(&args.namespace)
-                .join(&args.pod)
-        });
-        let identity = Identity {
-            namespace: args.namespace.clone(),
-            service_account: sa.to_string(),
-        };
-        Some(write_client_credentials(
-            &ca,
-            &identity,
-            &crate::xds_tls::server_identity(&args.mesh.root_namespace),
-            &dir,
-            args.cert_lifetime,
-        )?)
+    let server_identity = crate::xds_tls::server_identity(&args.mesh.root_namespace);
+    let mut sa = found
+        .map(|w| w.service_account.clone())
+        .unwrap_or_else(|| "default".to_string());
+    let tls = match (&args.ca_addr, args.insecure_xds) {
+        (_, true) => None,
+        (Some(ca_addr), false) => {
+            let dir = args
+                .out_dir
+                .clone()
+                .or_else(|| {
+                    args.output.as_deref().and_then(|o| o.parent()).map(|p| {
+                        if p.as_os_str().is_empty() {
+                            ".".into()
+                        } else {
+                            p.to_path_buf()
+                        }
+                    })
+                })
+                .context("--ca-addr needs --out-dir or --output: where to write the certificate")?;
+            let token = std::fs::read_to_string(&args.token_file).with_context(|| {
+                format!(
+                    "reading the service-account token {} (mount a projected token with audience {}, see the README)",
+                    args.token_file.display(),
+                    crate::enroll::DEFAULT_AUDIENCE
+                )
+            })?;
+            let root_pem = std::fs::read_to_string(&args.root_cert).with_context(|| {
+                format!(
+                    "reading the root certificate {} (the ConfigMap istio-ca-root-cert, mounted)",
+                    args.root_cert.display()
+                )
+            })?;
+            let enrolled = crate::enroll::enroll(
+                ca_addr,
+                &root_pem,
+                token.trim(),
+                &args.mesh.trust_domain,
+                args.enroll_timeout,
+            )
+            .await?;
+            if enrolled.identity.namespace != args.namespace {
+                bail!(
+                    "the token is a service account's of namespace {:?}, but the pod is in {:?}",
+                    enrolled.identity.namespace,
+                    args.namespace
+                );
+            }
+            sa = enrolled.identity.service_account.clone();
+            Some(write_credentials(
+                &dir,
+                &enrolled.cert_chain_pem,
+                &enrolled.private_key_pem,
+                &root_pem,
+                server_identity.spiffe_id(&args.mesh.trust_domain),
+            )?)
+        }
+        (None, false) => {
+            let ca = CertificateAuthority::load_or_create(&args.state_dir, &args.mesh.trust_domain)
+                .with_context(|| format!("loading the CA from {}", args.state_dir.display()))?;
+            let dir = args.out_dir.clone().unwrap_or_else(|| {
+                args.state_dir
+                    .join("bootstrap")
+                    .join(&args.namespace)
+                    .join(&args.pod)
+            });
+            let identity = Identity {
+                namespace: args.namespace.clone(),
+                service_account: sa.clone(),
+            };
+            Some(write_client_credentials(
+                &ca,
+                &identity,
+                &server_identity,
+                &dir,
+                args.cert_lifetime,
+            )?)
+        }
     };
     // Each replica once, in the order given.
-    let mut xds_addrs: Vec<SocketAddr> = Vec::with_capacity(args.xds_addr.len());
+    let mut xds_addrs: Vec<HostPort> = Vec::with_capacity(args.xds_addr.len());
     for a in &args.xds_addr {
         if !xds_addrs.contains(a) {
-            xds_addrs.push(*a);
+            xds_addrs.push(a.clone());
         }
     }
     bootstrap_yaml(&BootstrapParams {
         namespace: &args.namespace,
         pod: &args.pod,
         ip,
-        service_account: sa,
+        service_account: &sa,
         labels: found.map(|w| &w.labels).unwrap_or(&empty),
         workload_name: found.map(|w| w.display_name()).unwrap_or(&args.pod),
         xds_addrs: &xds_addrs,
@@ -496,7 +593,7 @@ mod tests {
                 Err(e) => Err(e),
             }
         };
-        let two: Vec<SocketAddr> = vec![
+        let two: Vec<HostPort> = vec![
             "127.0.0.1:15010".parse().expect("address"),
             "127.0.0.1:15011".parse().expect("address"),
         ];

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod ca;
 pub mod cli;
 pub mod debug;
+pub mod enroll;
 pub mod identity;
 pub mod logging;
 pub mod runner;

@@ -12,10 +12,9 @@ async fn main() -> ExitCode {
     }
     let result = match command {
         Command::Serve(args) => cli::serve(args).await.map(|_| ExitCode::SUCCESS),
-        Command::Bootstrap(args) => cli::bootstrap(args).map(|y| {
-            print!("{y}");
-            ExitCode::SUCCESS
-        }),
+        Command::Bootstrap(args) => cli::bootstrap_command(args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Validate { paths, mesh } => Ok(if cli::validate(paths, &mesh) {
             ExitCode::SUCCESS
         } else {

@@ -9,6 +9,7 @@ use crate::ads::limits::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::ads::{AdsServer, Limits, Registry, Stats};
 use crate::ca::CertificateAuthority;
 use crate::debug;
+use crate::enroll::{self, Enroller, KubeTokenReviewer};
 use crate::snapshots::{Settings, Snapshots};
 use crate::source::files::{FileLoader, watch_paths};
 use crate::source::kube::{KubeOptions, watch_cluster};
@@ -48,8 +49,9 @@ pub struct ServerOptions {
     pub limits: Limits,
 }
 
-/// Where the Kubernetes source finds its API server.
-#[derive(Clone, Debug, Default)]
+/// Where the Kubernetes source finds its API server, and what Kubernetes
+/// mode serves besides xDS.
+#[derive(Clone, Debug)]
 pub struct KubeSource {
     /// A kubeconfig file; `None`: in-cluster config, then `$KUBECONFIG` or
     /// `~/.kube/config`.
@@ -57,6 +59,13 @@ pub struct KubeSource {
     /// Keep the root CA in this Secret (namespace, name) instead of the
     /// state directory.
     pub ca_secret: Option<(String, String)>,
+    /// The certificate endpoint where pods exchange their service-account
+    /// token for a bootstrap client certificate (`enroll`).
+    pub ca_addr: SocketAddr,
+    /// The audiences a pod's token may be issued for.
+    pub token_audiences: Vec<String>,
+    /// Lifetime of the bootstrap certificates the endpoint signs.
+    pub bootstrap_cert_lifetime: Duration,
 }
 
 /// How the xDS listener proves who its clients are.
@@ -98,6 +107,8 @@ fn xds_dns_names(root_namespace: &str) -> Vec<String> {
 pub struct RunningServer {
     pub xds_addr: SocketAddr,
     pub debug_addr: SocketAddr,
+    /// The certificate endpoint (Kubernetes mode only).
+    pub ca_addr: Option<SocketAddr>,
     pub snapshots: Arc<Snapshots>,
     pub registry: Arc<Registry>,
     pub stats: Arc<Stats>,
@@ -323,43 +334,79 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let xds_addr = xds_listener.local_addr()?;
+    // The certificate endpoint (Kubernetes mode) is bound now too, so a
+    // taken port fails start-up before anything is served.
+    let ca_listener = match &opts.kube {
+        Some(kube) => Some(
+            TcpListener::bind(kube.ca_addr)
+                .await
+                .with_context(|| format!("binding the certificate endpoint {}", kube.ca_addr))?,
+        ),
+        None => None,
+    };
+    let ca_addr = match &ca_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
+    // One server certificate for xDS and the certificate endpoint: the
+    // SPIFFE ID sidecars check, and the names and addresses they dial.
+    let mut ips = Vec::new();
+    for ip in std::iter::once(xds_addr.ip()).chain(ca_addr.map(|a| a.ip())) {
+        if !ip.is_unspecified() && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let root_namespace = &opts.settings.mesh.root_namespace;
+    let cert = Arc::new(
+        ServerCert::new(
+            ca.clone(),
+            xds_tls::server_identity(root_namespace),
+            xds_dns_names(root_namespace),
+            ips,
+            opts.settings.cert_lifetime,
+        )
+        .context("issuing the xDS server certificate")?,
+    );
+    let rotated = cert.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            let wait = match rotated.rotate(SystemTime::now()) {
+                Ok(next) => next
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default()
+                    .clamp(Duration::from_millis(200), Duration::from_secs(60)),
+                Err(error) => {
+                    warn!(%error, "rotating the xDS server certificate failed; keeping the old one");
+                    Duration::from_secs(10)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }));
+    if let (Some(listener), Some(kube), Some(client)) = (ca_listener, &opts.kube, &kube_client) {
+        let reviewer = Arc::new(KubeTokenReviewer::new(
+            client.clone(),
+            kube.token_audiences.clone(),
+        ));
+        let enroller = Arc::new(Enroller::new(
+            ca.clone(),
+            reviewer,
+            kube.bootstrap_cert_lifetime,
+        ));
+        let tls = xds_tls::enroll_server_config(cert.clone())?;
+        tasks.push(enroll::serve(listener, tls, enroller, shutdown.requested()));
+        // Pods trust the root through the ConfigMap Istio's pods mount.
+        tasks.push(crate::ca::publish_root(
+            client.clone(),
+            ca.root_pem().to_string(),
+        ));
+    }
     match opts.xds_security {
         XdsSecurity::MutualTls => {
-            let mesh = &opts.settings.mesh;
-            let ips = if xds_addr.ip().is_unspecified() {
-                Vec::new()
-            } else {
-                vec![xds_addr.ip()]
-            };
-            let cert = Arc::new(
-                ServerCert::new(
-                    ca.clone(),
-                    xds_tls::server_identity(&mesh.root_namespace),
-                    xds_dns_names(&mesh.root_namespace),
-                    ips,
-                    opts.settings.cert_lifetime,
-                )
-                .context("issuing the xDS server certificate")?,
-            );
             let config = xds_tls::server_config(&ca, cert.clone())?;
             let ads = ads.with_peer_resolver(xds_tls::peer_from_tls(ca.trust_domain().to_string()));
             let incoming = xds_tls::incoming(xds_listener, config, &opts.limits, stats.clone());
             tasks.push(serve_ads(ads, incoming, shutdown.clone()));
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let wait = match cert.rotate(SystemTime::now()) {
-                        Ok(next) => next
-                            .duration_since(SystemTime::now())
-                            .unwrap_or_default()
-                            .clamp(Duration::from_millis(200), Duration::from_secs(60)),
-                        Err(error) => {
-                            warn!(%error, "rotating the xDS server certificate failed; keeping the old one");
-                            Duration::from_secs(10)
-                        }
-                    };
-                    tokio::time::sleep(wait).await;
-                }
-            }));
         }
         XdsSecurity::Insecure => {
             warn!(%xds_addr, "serving plaintext xDS: node ids are trusted as given");
@@ -389,10 +436,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             warn!(error = %e, "debug server stopped");
         }
     }));
-    info!(%xds_addr, %debug_addr, security = ?opts.xds_security, "control plane serving");
+    info!(%xds_addr, %debug_addr, ca_addr = ?ca_addr, security = ?opts.xds_security, "control plane serving");
     Ok(RunningServer {
         xds_addr,
         debug_addr,
+        ca_addr,
         snapshots,
         registry,
         stats,

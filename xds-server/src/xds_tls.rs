@@ -174,6 +174,20 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The TLS configuration of the certificate endpoint (`enroll`): the same
+/// server certificate, no client certificate (a sidecar has none yet: it
+/// proves itself with its service-account token), HTTP/1.1.
+pub fn enroll_server_config(cert: Arc<ServerCert>) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver(cert)));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// Open xDS connections, at most [`Limits::max_connections`]: an accept loop
 /// takes a [`Slot`] per connection and closes those past the limit right
 /// after accepting them (counted in `xds_refused_connections_total`, logged

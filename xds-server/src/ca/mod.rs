@@ -15,12 +15,14 @@
 //! and turns the result into resources with [`sds_resources`].
 
 mod cert;
+mod publish;
 mod sds;
 mod secret;
 mod store;
 mod x509;
 
 pub use cert::{SecretString, WorkloadCert};
+pub use publish::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY, publish_root, root_configmap};
 pub use sds::{ROOT_SECRET, WORKLOAD_SECRET, sds_resources};
 pub use store::write_atomically;
 pub use x509::CLOCK_SKEW;
@@ -128,6 +130,43 @@ impl CertificateAuthority {
         lifetime: Duration,
         now: SystemTime,
     ) -> anyhow::Result<WorkloadCert> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| anyhow::anyhow!("generating a key for {identity}: {e}"))?;
+        let signed = self.sign(identity, dns_names, ips, lifetime, now, &key)?;
+        Ok(WorkloadCert {
+            cert_chain_pem: signed.cert_chain_pem,
+            private_key_pem: SecretString::new(key.serialize_pem()),
+            serial_hex: signed.serial_hex,
+            spiffe_id: signed.spiffe_id,
+            not_before: signed.not_before,
+            not_after: signed.not_after,
+        })
+    }
+
+    /// Signs a certificate for `identity` over the public key of a PKCS#10
+    /// request whose key stays with the requester (a sidecar enrolling with
+    /// its service-account token). The request's signature is checked; its
+    /// subject and SANs are ignored: the certificate names only `identity`,
+    /// which the caller has authenticated.
+    pub fn issue_for_csr(
+        &self,
+        identity: &Identity,
+        key: &CsrPublicKey,
+        lifetime: Duration,
+        now: SystemTime,
+    ) -> anyhow::Result<SignedCert> {
+        self.sign(identity, &[], &[], lifetime, now, &key.0)
+    }
+
+    fn sign(
+        &self,
+        identity: &Identity,
+        dns_names: &[String],
+        ips: &[std::net::IpAddr],
+        lifetime: Duration,
+        now: SystemTime,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> anyhow::Result<SignedCert> {
         if identity.namespace.is_empty() || identity.service_account.is_empty() {
             bail!(
                 "cannot issue a certificate for {identity:?}: namespace and service account must be set"
@@ -157,9 +196,6 @@ impl CertificateAuthority {
         }
         let (nb_odt, not_before) = cert_time(now.checked_sub(CLOCK_SKEW).unwrap_or(UNIX_EPOCH))?;
         let (na_odt, not_after) = cert_time(expiry)?;
-
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| anyhow::anyhow!("generating a key for {identity}: {e}"))?;
         let serial = random_serial()?;
 
         let mut params = CertificateParams::default();
@@ -194,18 +230,41 @@ impl CertificateAuthority {
         params.not_after = na_odt;
 
         let cert = params
-            .signed_by(&key, &self.issuer)
+            .signed_by(public_key, &self.issuer)
             .map_err(|e| anyhow::anyhow!("signing the certificate for {identity}: {e}"))?;
-
-        Ok(WorkloadCert {
+        Ok(SignedCert {
             cert_chain_pem: cert.pem(),
-            private_key_pem: SecretString::new(key.serialize_pem()),
             serial_hex: serial_hex(&serial),
             spiffe_id,
             not_before,
             not_after,
         })
     }
+}
+
+/// The public key of a PKCS#10 certificate signing request whose signature
+/// checked out (proof that the requester holds the private key).
+pub struct CsrPublicKey(rcgen::PublicKey);
+
+impl CsrPublicKey {
+    /// Parses a PEM CSR and checks its signature; the error says what is
+    /// wrong in one sentence.
+    pub fn parse(pem: &str) -> Result<CsrPublicKey, String> {
+        rcgen::CertificateSigningRequestParams::from_pem(pem)
+            .map(|csr| CsrPublicKey(csr.public_key))
+            .map_err(|e| format!("the certificate signing request is invalid: {e}"))
+    }
+}
+
+/// A certificate signed over a key the CA never saw (see
+/// [`CertificateAuthority::issue_for_csr`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedCert {
+    pub cert_chain_pem: String,
+    pub serial_hex: String,
+    pub spiffe_id: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
 fn check_trust_domain(trust_domain: &str) -> anyhow::Result<()> {

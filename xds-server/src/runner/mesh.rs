@@ -247,7 +247,7 @@ impl LocalMesh {
             service_account: &w.service_account,
             labels: &w.labels,
             workload_name: w.display_name(),
-            xds_addrs: &[self.server.xds_addr],
+            xds_addrs: &[self.server.xds_addr.into()],
             delta: self.opts.delta,
             admin: admin_addr,
             cluster_domain: &self.opts.mesh.cluster_domain,
