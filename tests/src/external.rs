@@ -241,6 +241,7 @@ impl ExternalMesh {
             &Addressing {
                 pod_net,
                 app_net: None,
+                service_net: None,
             },
         );
         let mut replicas = Vec::new();

@@ -1,6 +1,6 @@
 //! Every listener, cluster, route and endpoint set the translator produces
-//! for the golden cases (`translator/tests/golden/`) is accepted by a real
-//! Envoy: `envoy --mode validate` on a bootstrap holding one sidecar's
+//! for the golden cases (`translator/tests/golden/`), in both layouts
+//! (explicit bind and iptables capture), is accepted by a real Envoy: `envoy --mode validate` on a bootstrap holding one sidecar's
 //! resources as static resources. Here rather than in the translator, which
 //! is the pure core and runs no processes. Without Envoy this test fails,
 //! unless the run opts out (see `e2e::require_envoy`).
@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use translator::model::MeshConfig;
 use translator::model::build::{Addressing, mesh_from_yaml};
 use translator::render::resource_to_json;
-use translator::{ProxyPlan, ResourceType};
+use translator::{Interception, ProxyPlan, ResourceType};
 use xds_server::runner::envoy::validate_bootstrap;
 
 const VALIDATE_WITHIN: Duration = Duration::from_secs(60);
@@ -74,8 +74,8 @@ fn translate_case(case: &Path) -> translator::Translation {
 
 /// One type of a sidecar's resources as JSON, without `@type` (the
 /// bootstrap's static resources are typed by where they sit).
-fn resources(plan: &ProxyPlan, kind: ResourceType) -> Vec<Value> {
-    let all = plan.resources();
+fn resources(plan: &ProxyPlan, interception: Interception, kind: ResourceType) -> Vec<Value> {
+    let all = plan.resources_for(interception);
     let Some(map) = all.of(kind) else {
         return Vec::new();
     };
@@ -93,13 +93,17 @@ fn resources(plan: &ProxyPlan, kind: ResourceType) -> Vec<Value> {
 /// A bootstrap whose static resources are this proxy's resources. Routes
 /// (normally RDS) go inline into a check listener, endpoints (normally
 /// EDS) into STATIC check clusters, so Envoy validates them too.
-fn bootstrap(node_id: &str, plan: &ProxyPlan) -> Value {
-    let mut listeners = resources(plan, ResourceType::Listener);
-    let mut clusters = resources(plan, ResourceType::Cluster);
-    for (i, route) in resources(plan, ResourceType::Route).into_iter().enumerate() {
+fn bootstrap(node_id: &str, plan: &ProxyPlan, interception: Interception) -> Value {
+    let mut listeners = resources(plan, interception, ResourceType::Listener);
+    let mut clusters = resources(plan, interception, ResourceType::Cluster);
+    for (i, route) in resources(plan, interception, ResourceType::Route)
+        .into_iter()
+        .enumerate()
+    {
         listeners.push(json!({
             "name": format!("route-check-{i}"),
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+            // One port each: Envoy refuses two listeners on one address.
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1 + i}},
             "filter_chains": [{"filters": [{
                 "name": "envoy.filters.network.http_connection_manager",
                 "typed_config": {
@@ -112,7 +116,7 @@ fn bootstrap(node_id: &str, plan: &ProxyPlan) -> Value {
             }]}]
         }));
     }
-    for (i, mut cla) in resources(plan, ResourceType::Endpoint)
+    for (i, mut cla) in resources(plan, interception, ResourceType::Endpoint)
         .into_iter()
         .enumerate()
     {
@@ -161,11 +165,18 @@ async fn envoy_accepts_every_golden_resource() {
             !translation.proxies.is_empty(),
             "{case_name}: no sidecars to validate"
         );
-        for ((ns, pod), plan) in &translation.proxies {
+        for (((ns, pod), plan), interception) in translation.proxies.iter().flat_map(|p| {
+            [Interception::None, Interception::Redirect]
+                .into_iter()
+                .map(move |i| (p, i))
+        }) {
             let node = format!("sidecar~{}~{pod}.{ns}~{ns}.svc.cluster.local", plan.ip);
-            let path = scratch.path().join(format!("{case_name}-{pod}.{ns}.json"));
-            std::fs::write(&path, bootstrap(&node, plan).to_string()).expect("write bootstrap");
-            let label = format!("{case_name} {pod}.{ns}");
+            let path = scratch
+                .path()
+                .join(format!("{case_name}-{pod}.{ns}-{interception}.json"));
+            std::fs::write(&path, bootstrap(&node, plan, interception).to_string())
+                .expect("write bootstrap");
+            let label = format!("{case_name} {pod}.{ns} {interception}");
             let (envoy, slots) = (envoy.clone(), slots.clone());
             runs.spawn(async move {
                 let _slot = slots.acquire_owned().await.expect("semaphore open");
@@ -191,5 +202,5 @@ async fn envoy_accepts_every_golden_resource() {
         failures.len(),
         failures.join("\n")
     );
-    eprintln!("envoy accepted the resources of {checked} sidecars");
+    eprintln!("envoy accepted the resources of {checked} sidecar layouts");
 }

@@ -50,6 +50,7 @@ fn options(scratch: &ScratchDir, xds_addr: &str, security: XdsSecurity) -> Serve
             addressing: translator::model::build::Addressing {
                 pod_net: "127.16.0.0".parse().expect("pod net"),
                 app_net: None,
+                service_net: None,
             },
             cert_lifetime: Duration::from_secs(3600),
         },

@@ -64,6 +64,7 @@ pub fn generated_mesh(services: usize, replicas: usize, namespaces: usize) -> Me
                 target_port: TargetPort::Number(8080),
                 protocol: Protocol::Http,
             }],
+            cluster_ip: None,
         });
         for r in 0..replicas {
             let i = (s * replicas + r) as u32;

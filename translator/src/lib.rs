@@ -10,9 +10,11 @@ pub use xds::{ProxyResources, Resource, ResourceMap, ResourceType};
 
 pub mod diag;
 pub mod envoy;
+pub mod layout;
 pub mod model;
 pub mod resolve;
 pub mod translate;
 
 pub use diag::{Diagnostic, Severity};
+pub use layout::Interception;
 pub use translate::{ProxyPlan, Translation, translate};

@@ -5,25 +5,27 @@
 //!
 //! Input: every `*.yaml` in the folder, plus the files and folders listed in
 //! `inputs.txt` (paths relative to the repository root, so the article's
-//! stages are the examples users run).
+//! stages are the examples users run). A case whose `interception.txt` says
+//! `REDIRECT` is rendered in the iptables capture layout.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use support::{case_dirs, case_docs, load_case, render_proxy};
-use translator::ResourceType;
+use support::{case_dirs, case_docs, case_interception, load_case, render_proxy};
 use translator::model::MeshConfig;
 use translator::model::build::{Addressing, Input, build_mesh};
+use translator::{Interception, ResourceType};
 
 fn expected_files(case: &Path) -> BTreeMap<PathBuf, String> {
     let mesh = load_case(case);
     let t = translator::translate(&mesh);
+    let interception = case_interception(case);
     let mut out = BTreeMap::new();
     for ((ns, pod), plan) in &t.proxies {
         out.insert(
             case.join("expected").join(format!("{pod}.{ns}.json")),
-            render_proxy(plan),
+            render_proxy(plan, interception),
         );
     }
     let mut diags = String::new();
@@ -133,19 +135,21 @@ fn translate_in_order(
 }
 
 /// What versions are hashed from: every resource's type URL and encoded
-/// bytes, per proxy and per type in push order, each labelled
-/// `pod.namespace TYPE name`.
+/// bytes, per proxy, layout and type in push order, each labelled
+/// `pod.namespace LAYOUT TYPE name`.
 fn encoded(t: &translator::Translation) -> Vec<(String, String, Vec<u8>)> {
     let mut out = Vec::new();
     for ((ns, pod), plan) in &t.proxies {
-        let resources = plan.resources();
-        for kind in ResourceType::PUSH_ORDER {
-            for (name, r) in resources.of(kind).into_iter().flat_map(|m| m.iter()) {
-                out.push((
-                    format!("{pod}.{ns} {kind} {name}"),
-                    r.body.type_url.clone(),
-                    r.body.value.clone(),
-                ));
+        for interception in [Interception::None, Interception::Redirect] {
+            let resources = plan.resources_for(interception);
+            for kind in ResourceType::PUSH_ORDER {
+                for (name, r) in resources.of(kind).into_iter().flat_map(|m| m.iter()) {
+                    out.push((
+                        format!("{pod}.{ns} {interception} {kind} {name}"),
+                        r.body.type_url.clone(),
+                        r.body.value.clone(),
+                    ));
+                }
             }
         }
     }

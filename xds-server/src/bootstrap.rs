@@ -175,6 +175,10 @@ pub struct BootstrapParams<'a> {
     pub cluster_domain: &'a str,
     /// Mutual-TLS xDS; `None` only for `--insecure-xds`.
     pub tls: Option<&'a XdsClientTls>,
+    /// The node metadata `INTERCEPTION_MODE`: the Envoy layout the control
+    /// plane sends (REDIRECT when the pod's traffic is captured by
+    /// `xds-server iptables`).
+    pub interception: translator::Interception,
 }
 
 pub const XDS_CLUSTER: &str = "xds-grpc";
@@ -236,7 +240,7 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Value {
                 "SERVICE_ACCOUNT": p.service_account,
                 "WORKLOAD_NAME": p.workload_name,
                 "INSTANCE_IPS": p.ip.to_string(),
-                "INTERCEPTION_MODE": "NONE",
+                "INTERCEPTION_MODE": p.interception.as_str(),
                 "LABELS": p.labels,
             }
         },
@@ -328,6 +332,7 @@ mod tests {
             admin: "127.16.0.1:15000".parse()?,
             cluster_domain: "cluster.local",
             tls: None,
+            interception: translator::Interception::None,
         })?;
         Ok(serde_yaml::from_str(&yaml)?)
     }

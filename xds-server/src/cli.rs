@@ -154,6 +154,7 @@ impl MeshArgs {
         Addressing {
             pod_net: self.pod_net,
             app_net: None,
+            service_net: None,
         }
     }
 }
@@ -360,6 +361,9 @@ pub struct BootstrapArgs {
     /// For a control plane run with --insecure-xds: plaintext xDS, no certificate.
     #[arg(long)]
     pub insecure_xds: bool,
+    /// The node metadata INTERCEPTION_MODE, which selects the Envoy layout: NONE (no iptables; inbound listeners bind the pod IP, the app calls POD_IP:15001 explicitly) or REDIRECT (the pod's TCP traffic is captured by `xds-server iptables`: virtualOutbound on 15001, virtualInbound on 15006).
+    #[arg(long, env = "ISTIO_META_INTERCEPTION_MODE", default_value = "NONE", value_parser = parse_interception)]
+    pub interception_mode: translator::Interception,
     /// Envoy's admin API. Default: 127.0.0.1:15000 as in an Istio pod, or
     /// POD_IP:15000 when the pod IP is a loopback address (local meshes run
     /// many sidecars on one host).
@@ -367,6 +371,10 @@ pub struct BootstrapArgs {
     pub admin_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+fn parse_interception(s: &str) -> Result<translator::Interception, String> {
+    translator::Interception::from_metadata(Some(s))
 }
 
 /// `NAMESPACE/NAME`, both non-empty.
@@ -603,6 +611,7 @@ pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
         }),
         cluster_domain: "cluster.local",
         tls: tls.as_ref(),
+        interception: args.interception_mode,
     })
 }
 

@@ -465,7 +465,12 @@ mod tests {
     struct NotReady(watch::Sender<u64>);
 
     impl ConfigSource for NotReady {
-        fn view(&self, _node_id: &str, _peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
+        fn view(
+            &self,
+            _node_id: &str,
+            _interception: translator::Interception,
+            _peer: &Peer,
+        ) -> Result<Arc<ProxyView>, ViewError> {
             Err(ViewError::NotReady)
         }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use translator::model::build::Addressing;
 use translator::model::{Mesh, MeshConfig};
-use translator::{Resource, ResourceMap, ResourceType, Translation};
+use translator::{Interception, Resource, ResourceMap, ResourceType, Translation};
 
 /// What translation needs to know besides the objects.
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ pub struct Snapshots {
     state: RwLock<Option<Arc<State>>>,
     generation: watch::Sender<u64>,
     certs: DashMap<Identity, Arc<Issued>>,
-    views: DashMap<ProxyId, (u64, Arc<ProxyView>)>,
+    views: DashMap<(ProxyId, Interception), (u64, Arc<ProxyView>)>,
     /// Test hook: extra resources appended to one proxy's view.
     injected: DashMap<ProxyId, Vec<Arc<Resource>>>,
     certs_issued: std::sync::atomic::AtomicU64,
@@ -265,6 +265,7 @@ impl Snapshots {
         state: &State,
         node_id: &str,
         node: &NodeId,
+        interception: Interception,
         peer: &Peer,
     ) -> Result<ProxyView, ViewError> {
         let proxy = node.proxy_id();
@@ -297,7 +298,7 @@ impl Snapshots {
             Peer::Certificate(_) | Peer::Unauthenticated => {}
         }
         let issued = self.secrets_for(&identity)?;
-        let mut resources = plan.resources();
+        let mut resources = plan.resources_for(interception);
         if let Some(extra) = self.injected.get(&proxy) {
             for r in extra.iter() {
                 let target = match r.kind {
@@ -312,6 +313,7 @@ impl Snapshots {
         }
         Ok(ProxyView {
             proxy,
+            interception,
             identity,
             resources,
             secrets: issued.secrets.clone(),
@@ -334,13 +336,18 @@ fn fmt_time(t: SystemTime) -> String {
 }
 
 impl ConfigSource for Snapshots {
-    fn view(&self, node_id: &str, peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
+    fn view(
+        &self,
+        node_id: &str,
+        interception: Interception,
+        peer: &Peer,
+    ) -> Result<Arc<ProxyView>, ViewError> {
         let node = NodeId::parse(node_id).map_err(|e| ViewError::BadNodeId(e.to_string()))?;
         let generation = self.generation();
-        let proxy = node.proxy_id();
+        let key = (node.proxy_id(), interception);
         // A cached view was built for its identity: it serves an
         // authenticated peer only if that is the identity it proved.
-        if let Some(v) = self.views.get(&proxy)
+        if let Some(v) = self.views.get(&key)
             && v.0 == generation
             && match peer {
                 Peer::Unauthenticated => true,
@@ -351,8 +358,8 @@ impl ConfigSource for Snapshots {
             return Ok(v.1.clone());
         }
         let state = self.state().ok_or(ViewError::NotReady)?;
-        let view = Arc::new(self.build_view(&state, node_id, &node, peer)?);
-        self.views.insert(proxy, (generation, view.clone()));
+        let view = Arc::new(self.build_view(&state, node_id, &node, interception, peer)?);
+        self.views.insert(key, (generation, view.clone()));
         Ok(view)
     }
 
@@ -392,6 +399,7 @@ mod tests {
                 addressing: Addressing {
                     pod_net: "127.16.0.0".parse().expect("net"),
                     app_net: None,
+                    service_net: None,
                 },
                 cert_lifetime: Duration::from_secs(3600),
             },
@@ -411,7 +419,8 @@ mod tests {
         for pod in ["sleep-0.foo", "httpbin-0.foo"] {
             let (name, ns) = pod.split_once('.').expect("pod.ns");
             let node = NodeId::format("127.0.0.1", name, ns, "cluster.local");
-            s.view(&node, &Peer::Unauthenticated).expect("view");
+            s.view(&node, Interception::None, &Peer::Unauthenticated)
+                .expect("view");
         }
         assert_eq!(identities(&s), ["foo/httpbin", "foo/sleep"]);
         s.apply(article_base(&["sleep-foo.yaml"], &dir));
@@ -429,11 +438,16 @@ mod tests {
             service_account: "sleep".into(),
         });
         // A view cached for the node's own identity must not serve another.
-        s.view(&node, &Peer::Unauthenticated).expect("own view");
-        let err = s.view(&node, &sleep).expect_err("another identity");
+        s.view(&node, Interception::None, &Peer::Unauthenticated)
+            .expect("own view");
+        let err = s
+            .view(&node, Interception::None, &sleep)
+            .expect_err("another identity");
         assert!(matches!(err, ViewError::IdentityMismatch { .. }), "{err}");
         let rejected = Peer::Rejected("no client certificate".into());
-        let err = s.view(&node, &rejected).expect_err("rejected peer");
+        let err = s
+            .view(&node, Interception::None, &rejected)
+            .expect_err("rejected peer");
         assert!(matches!(err, ViewError::Unauthenticated { .. }), "{err}");
     }
 }

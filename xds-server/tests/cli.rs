@@ -320,3 +320,43 @@ fn crds_prints_the_committed_manifests() {
         );
     }
 }
+
+#[test]
+fn bootstrap_sets_the_interception_mode_that_selects_the_layout() {
+    let state = TempDir::new("bootstrap-interception");
+    let bootstrap = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args([
+            "bootstrap",
+            "--namespace",
+            "foo",
+            "--pod",
+            "sleep-0",
+            "--ip",
+            "10.244.0.7",
+            "--xds-addr",
+            "10.0.0.1:15010",
+            "--insecure-xds",
+            "--state-dir",
+        ])
+        .arg(&state.0)
+        .args(extra)
+        .env_remove("ISTIO_META_INTERCEPTION_MODE");
+        run(&mut cmd)
+    };
+    let mode = |text: &str| {
+        let v: serde_yaml::Value = serde_yaml::from_str(text).expect("YAML");
+        v["node"]["metadata"]["INTERCEPTION_MODE"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let (out, text) = bootstrap(&[]);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(mode(&text).as_deref(), Some("NONE"));
+    let (out, text) = bootstrap(&["--interception-mode", "REDIRECT"]);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(mode(&text).as_deref(), Some("REDIRECT"));
+    let (out, text) = bootstrap(&["--interception-mode", "TPROXY"]);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("TPROXY is not supported"), "{text}");
+}

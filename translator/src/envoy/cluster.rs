@@ -99,7 +99,7 @@ pub fn outbound(spec: &OutboundSpec<'_>) -> Cluster {
     c
 }
 
-fn http2_options() -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+pub(super) fn http2_options() -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
     let opts = HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(

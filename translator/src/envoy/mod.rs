@@ -1,7 +1,11 @@
-//! Model + decisions -> Envoy resources, in the explicit-bind layout Istio
-//! calls `captureMode: NONE`: no iptables, every listener binds the
-//! workload's own IP. Each file builds one kind of resource.
+//! Model + decisions -> Envoy resources, in two layouts chosen per proxy
+//! ([`crate::Interception`]): the explicit-bind layout Istio calls
+//! `captureMode: NONE` (no iptables, every listener binds the workload's
+//! own IP; `listener.rs`), and the iptables capture layout
+//! (`virtualOutbound`/`virtualInbound`; `capture.rs`). Clusters, routes and
+//! TLS are shared by both. Each file builds one kind of resource.
 
+pub mod capture;
 pub mod cluster;
 pub mod listener;
 pub mod names;

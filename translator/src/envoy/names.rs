@@ -43,3 +43,25 @@ pub const SECRET_ROOTCA: &str = "ROOTCA";
 pub const CHAIN_MTLS: &str = "mtls";
 pub const CHAIN_PLAINTEXT: &str = "plaintext";
 pub const CHAIN_TLS_PASSTHROUGH: &str = "tls-passthrough";
+
+/// Names of the capture layout (`INTERCEPTION_MODE: REDIRECT`), as istiod
+/// gives them.
+pub mod capture {
+    /// The listener iptables sends outbound connections to (0.0.0.0:15001).
+    pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
+    /// The listener iptables sends inbound connections to (0.0.0.0:15006).
+    pub const VIRTUAL_INBOUND: &str = "virtualInbound";
+    /// Unmatched outbound traffic, to its original destination.
+    pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+    /// Inbound traffic to ports no Service targets, to its original
+    /// destination from 127.0.0.6.
+    pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+    /// A cluster with no endpoints: what a loop back into a capture port gets.
+    pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+    pub const CHAIN_OUTBOUND_BLACKHOLE: &str = "virtualOutbound-blackhole";
+    pub const CHAIN_OUTBOUND_CATCHALL: &str = "virtualOutbound-catchall-tcp";
+    pub const CHAIN_INBOUND_BLACKHOLE: &str = "virtualInbound-blackhole";
+    /// The virtual host of unmatched `Host`s on a per-port route
+    /// (outboundTrafficPolicy ALLOW_ANY).
+    pub const ALLOW_ANY: &str = "allow_any";
+}

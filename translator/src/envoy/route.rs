@@ -119,6 +119,125 @@ impl OutboundRoutes {
     }
 }
 
+/// The capture layout's domains for `service:port` from `client_ns`: the
+/// route configuration is the port's own, so every name is there with and
+/// without the port, and the cluster IP too (a client may call it).
+fn port_domains(mesh: &Mesh, service: &Service, port: u16, client_ns: &str) -> Vec<String> {
+    let ns = &service.namespace;
+    let name = &service.name;
+    let mut bases = Vec::with_capacity(5);
+    if ns == client_ns {
+        bases.push(name.clone());
+    }
+    bases.extend([
+        format!("{name}.{ns}"),
+        format!("{name}.{ns}.svc"),
+        mesh.fqdn(service),
+    ]);
+    if let Some(ip) = service.cluster_ip {
+        bases.push(ip.to_string());
+    }
+    bases
+        .iter()
+        .flat_map(|b| [b.clone(), format!("{b}:{port}")])
+        .collect()
+}
+
+/// The virtual host of service `si`'s HTTP port `port`, from `client_ns`,
+/// encoded (empty when the service has no such HTTP port).
+fn encoded_port_host(mesh: &Mesh, si: usize, port: u16, client_ns: &str) -> Vec<u8> {
+    let Some(service) = mesh.services.get(si) else {
+        return Vec::new();
+    };
+    if !service
+        .ports
+        .iter()
+        .any(|p| p.port == port && p.protocol.is_http())
+    {
+        return Vec::new();
+    }
+    let fqdn = mesh.service_fqdn(si);
+    RouteConfiguration {
+        virtual_hosts: vec![VirtualHost {
+            name: names::virtual_host(fqdn, port),
+            domains: port_domains(mesh, service, port, client_ns),
+            routes: vec![route_to(names::outbound_cluster(port, fqdn))],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The capture layout's route configurations: one per HTTP port number,
+/// named by it (as istiod names them), with a virtual host per service
+/// that has an HTTP port of that number and the `allow_any` host last.
+/// Shared the way [`OutboundRoutes`] shares its pieces.
+pub struct PortRoutes {
+    /// Per HTTP port: the services with it and their encoded host as any
+    /// other namespace sees it.
+    shared: std::collections::BTreeMap<u16, Vec<(usize, Vec<u8>)>>,
+    allow_any: Vec<u8>,
+}
+
+impl PortRoutes {
+    pub fn new(mesh: &Mesh) -> PortRoutes {
+        let mut shared: std::collections::BTreeMap<u16, Vec<(usize, Vec<u8>)>> = Default::default();
+        for (si, service) in mesh.services.iter().enumerate() {
+            for p in service.ports.iter().filter(|p| p.protocol.is_http()) {
+                shared
+                    .entry(p.port)
+                    .or_default()
+                    .push((si, encoded_port_host(mesh, si, p.port, "")));
+            }
+        }
+        let allow_any = RouteConfiguration {
+            virtual_hosts: vec![allow_any()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        PortRoutes { shared, allow_any }
+    }
+
+    /// The HTTP port numbers, ascending.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.shared.keys().copied()
+    }
+
+    /// The route configuration of `port` for the sidecars in `client_ns`.
+    pub fn for_namespace(&self, mesh: &Mesh, port: u16, client_ns: &str) -> Resource {
+        let name = port.to_string();
+        let own = mesh.index.services_in(client_ns);
+        let mut bytes = RouteConfiguration {
+            name: name.clone(),
+            validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for (si, piece) in self.shared.get(&port).into_iter().flatten() {
+            if own.binary_search(si).is_ok() {
+                bytes.extend(encoded_port_host(mesh, *si, port, client_ns));
+            } else {
+                bytes.extend_from_slice(piece);
+            }
+        }
+        bytes.extend_from_slice(&self.allow_any);
+        Resource::from_encoded::<RouteConfiguration>(name, ResourceType::Route, bytes)
+    }
+}
+
+/// The ALLOW_ANY virtual host of a per-port route (Istio's default
+/// `outboundTrafficPolicy`): a `Host` that names no service goes to its
+/// original destination.
+fn allow_any() -> VirtualHost {
+    VirtualHost {
+        name: names::capture::ALLOW_ANY.into(),
+        domains: vec!["*".into()],
+        routes: vec![route_to(names::capture::PASSTHROUGH_CLUSTER.into())],
+        ..Default::default()
+    }
+}
+
 /// A route sending every path to `cluster`, with no route timeout (as
 /// istiod: the application decides how long a request may take).
 pub(super) fn route_to(cluster: String) -> envoy_types::pb::envoy::config::route::v3::Route {

@@ -30,6 +30,10 @@ pub struct Addressing {
     /// A /16 for application addresses: the same host part as the pod IP.
     /// `None`: applications listen on 127.0.0.1, as in a real pod.
     pub app_net: Option<Ipv4Addr>,
+    /// A /16 for Services without `spec.clusterIP` (config files): each
+    /// gets a stable address in it, as the API server would give one.
+    /// `None`: such Services have no cluster IP.
+    pub service_net: Option<Ipv4Addr>,
 }
 
 impl Default for Addressing {
@@ -37,6 +41,7 @@ impl Default for Addressing {
         Addressing {
             pod_net: Ipv4Addr::new(127, 16, 0, 0),
             app_net: None,
+            service_net: None,
         }
     }
 }
@@ -226,6 +231,8 @@ pub fn build_mesh_with_diagnostics(
     let mut diags = Vec::new();
     let mut namespaces: BTreeMap<String, Namespace> = BTreeMap::new();
     let mut services: BTreeMap<(String, String), Service> = BTreeMap::new();
+    // Services with `clusterIP: None`: they never get an address.
+    let mut headless: BTreeSet<(String, String)> = BTreeSet::new();
     let mut deployments: BTreeMap<(String, String), DeploymentEntry> = BTreeMap::new();
     let mut pods: BTreeMap<(String, String), (usize, PendingWorkload)> = BTreeMap::new();
     let mut pas: BTreeMap<(String, String), PeerAuthentication> = BTreeMap::new();
@@ -290,6 +297,11 @@ pub fn build_mesh_with_diagnostics(
                         })
                     })
                     .collect();
+                if spec.cluster_ip.as_deref() == Some("None") {
+                    headless.insert((ns.clone(), name.clone()));
+                } else {
+                    headless.remove(&(ns.clone(), name.clone()));
+                }
                 services.insert(
                     (ns.clone(), name.clone()),
                     Service {
@@ -298,6 +310,11 @@ pub fn build_mesh_with_diagnostics(
                         labels: labels(&s.metadata),
                         selector: spec.selector.clone(),
                         ports,
+                        // "None" is a headless Service.
+                        cluster_ip: spec
+                            .cluster_ip
+                            .as_deref()
+                            .and_then(|ip| ip.parse::<IpAddr>().ok()),
                     },
                 );
             }
@@ -448,10 +465,11 @@ pub fn build_mesh_with_diagnostics(
     }
 
     let workloads = address(pending, &namespaces, &config, addressing, &mut diags);
+    let services = service_addresses(services, &headless, addressing);
     let mesh = Mesh::new(
         config,
         namespaces.into_values().collect(),
-        services.into_values().collect(),
+        services,
         workloads,
         pas.into_values().collect(),
         drs.into_values().collect(),
@@ -697,6 +715,39 @@ fn address(
     out
 }
 
+/// Gives the Services without `spec.clusterIP` (not headless ones: those
+/// said "None") a stable address in `service_net`, hashed from
+/// `namespace/name` and probing on collision, after the explicit ones.
+fn service_addresses(
+    services: BTreeMap<(String, String), Service>,
+    headless: &BTreeSet<(String, String)>,
+    addressing: &Addressing,
+) -> Vec<Service> {
+    let Some(net) = addressing.service_net else {
+        return services.into_values().collect();
+    };
+    let base = u32::from(net) & 0xffff_0000;
+    let mut pool = Pool::new();
+    for s in services.values() {
+        if let Some(IpAddr::V4(v4)) = s.cluster_ip
+            && u32::from(v4) & 0xffff_0000 == base
+        {
+            pool.reserve(u32::from(v4) & 0xffff);
+        }
+    }
+    services
+        .into_iter()
+        .map(|((ns, name), mut s)| {
+            if s.cluster_ip.is_none() && !headless.contains(&(ns, name)) {
+                s.cluster_ip = pool
+                    .allocate(host_part(&format!("{}/{}", s.namespace, s.name)))
+                    .map(|host| IpAddr::V4(Ipv4Addr::from(base | host)));
+            }
+            s
+        })
+        .collect()
+}
+
 /// A host part in 1..=0xfffe (never .0.0 or .255.255), stable for a name.
 fn host_part(key: &str) -> u32 {
     let h = crate::xds::fnv1a(key.as_bytes());
@@ -836,6 +887,7 @@ status: {podIP: 10.0.0.6, conditions: [{type: Ready, status: "True"}]}
         let addressing = Addressing {
             pod_net: Ipv4Addr::new(127, 16, 0, 0),
             app_net: None,
+            service_net: None,
         };
         mesh_from_yaml(
             &[("pods.yaml".into(), CLUSTER_PODS.into())],
@@ -925,6 +977,7 @@ spec:
         let addressing = Addressing {
             pod_net: Ipv4Addr::new(127, 40, 0, 0),
             app_net: Some(Ipv4Addr::new(127, 41, 0, 0)),
+            service_net: None,
         };
         let docs = [("a.yaml".to_string(), yaml.to_string())];
         let mesh = mesh_from_yaml(&docs, MeshConfig::default(), &addressing).expect("valid");

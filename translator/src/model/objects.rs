@@ -138,6 +138,10 @@ pub struct Service {
     /// `None`: a Service without selector has no endpoints we manage.
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,
+    /// `spec.clusterIP` (`None` for a headless Service, or one without an
+    /// address and no `Addressing::service_net` to take one from). Sidecars
+    /// with iptables capture match TCP service ports by it.
+    pub cluster_ip: Option<IpAddr>,
 }
 
 impl Service {

@@ -228,7 +228,7 @@ impl<'m> PeerPolicies<'m> {
                             "port {port} is a Service port, but portLevelMtls is keyed by the workload (target) port: use {tp}; this entry has no effect"
                         ),
                         None => format!(
-                            "port {port} is not a port that a Service targets on the selected workloads, so no sidecar listener serves it; this entry has no effect"
+                            "port {port} is not a port that a Service targets on the selected workloads: sidecars with iptables capture (INTERCEPTION_MODE REDIRECT) apply it to connections to that port, sidecars without (NONE) have no listener there and ignore it"
                         ),
                     };
                     diags.push(Diagnostic::warning(

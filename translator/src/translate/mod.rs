@@ -7,9 +7,11 @@
 //! for a client, so clients whose choices are the same (in practice: most
 //! namespaces) share one map, and a cluster is built once per choice.
 
+mod capture;
 mod plan;
 mod report;
 
+pub use capture::CapturePlan;
 pub use plan::{ProxyPlan, Translation};
 pub use report::{ClientPort, EndpointDecision, ServerPort};
 
@@ -176,6 +178,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
     let mut conflict_seen: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     let mut proxies = BTreeMap::new();
     let server_tls = tls::downstream_mtls(&mesh.config.trust_domain);
+    let mut capture = capture::CaptureShared::new(mesh, &mut diags);
 
     for (wi, w) in mesh.workloads.iter().enumerate() {
         if !w.sidecar {
@@ -308,6 +311,14 @@ pub fn translate(mesh: &Mesh) -> Translation {
                 shared(m)
             })
             .clone();
+        let capture = capture.plan(
+            mesh,
+            w,
+            tps.get(wi).unwrap_or(&TargetPorts::new()),
+            policies.get(wi).and_then(Option::as_ref),
+            &server_tls,
+            &mut diags,
+        );
         proxies.insert(
             (w.namespace.clone(), w.name.clone()),
             ProxyPlan {
@@ -320,6 +331,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
                 outbound_clusters,
                 endpoints: endpoints.clone(),
                 routes: ns_routes,
+                capture,
             },
         );
     }
@@ -371,6 +383,7 @@ spec:
         let addressing = Addressing {
             pod_net: Ipv4Addr::new(127, 16, 0, 0),
             app_net: None,
+            service_net: None,
         };
         let mesh = mesh_from_yaml(
             &[("web.yaml".into(), yaml.into())],

@@ -2,7 +2,9 @@
 //! `Arc` between the proxies that receive the same ones, and the decisions
 //! `report.rs` explains.
 
+use super::capture::CapturePlan;
 use super::report::{ClientPort, EndpointSpecs, ServerPort, client_port};
+use crate::Interception;
 use crate::diag::Diagnostic;
 use crate::model::Mesh;
 use crate::resolve::ClientPolicies;
@@ -27,22 +29,44 @@ pub struct ProxyPlan {
     pub endpoints: Arc<ResourceMap>,
     /// Shared by the proxies of one namespace.
     pub routes: Arc<ResourceMap>,
+    /// The same sidecar's listeners, inbound clusters and routes in the
+    /// iptables capture layout.
+    pub capture: CapturePlan,
+}
+
+fn merged(a: &ResourceMap, b: &ResourceMap) -> Arc<ResourceMap> {
+    let mut m = a.clone();
+    m.extend(b.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Arc::new(m)
 }
 
 impl ProxyPlan {
-    /// The full per-type maps, as an ADS stream serves them.
+    /// The full per-type maps of the explicit-bind layout, as an ADS
+    /// stream serves them ([`Interception::None`]).
     pub fn resources(&self) -> ProxyResources {
-        let mut clusters: ResourceMap = (*self.outbound_clusters).clone();
-        clusters.extend(
-            self.inbound_clusters
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
-        ProxyResources {
-            clusters: Arc::new(clusters),
-            endpoints: self.endpoints.clone(),
-            listeners: self.listeners.clone(),
-            routes: self.routes.clone(),
+        self.resources_for(Interception::None)
+    }
+
+    /// The full per-type maps of the layout the proxy's
+    /// `INTERCEPTION_MODE` asks for. Outbound clusters and endpoints are
+    /// the same in both: only how traffic reaches Envoy differs.
+    pub fn resources_for(&self, interception: Interception) -> ProxyResources {
+        match interception {
+            Interception::None => ProxyResources {
+                clusters: merged(&self.outbound_clusters, &self.inbound_clusters),
+                endpoints: self.endpoints.clone(),
+                listeners: self.listeners.clone(),
+                routes: self.routes.clone(),
+            },
+            Interception::Redirect => ProxyResources {
+                clusters: merged(&self.outbound_clusters, &self.capture.inbound_clusters),
+                endpoints: self.endpoints.clone(),
+                listeners: merged(
+                    &self.capture.outbound_listeners,
+                    &self.capture.inbound_listener,
+                ),
+                routes: self.capture.routes.clone(),
+            },
         }
     }
 }

@@ -1,13 +1,14 @@
 //! Helpers shared by the integration tests of the translator.
 #![allow(dead_code)]
 
+pub mod capture_sim;
 pub mod sim;
 
 use std::path::{Path, PathBuf};
 use translator::model::build::{Addressing, mesh_from_yaml};
 use translator::model::{Mesh, MeshConfig};
 use translator::render::{resource_to_json, to_canonical_string};
-use translator::{ProxyPlan, ResourceType};
+use translator::{Interception, ProxyPlan, ResourceType};
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -99,9 +100,24 @@ pub fn mesh_from(yaml: &str) -> Mesh {
     .unwrap_or_else(|errs| panic!("invalid test input: {errs:?}"))
 }
 
+/// The layout a case's sidecars get: `interception.txt` names it
+/// (`REDIRECT`), else the explicit-bind layout.
+pub fn case_interception(case: &Path) -> Interception {
+    match std::fs::read_to_string(case.join("interception.txt")) {
+        Ok(text) => Interception::from_metadata(Some(text.trim()))
+            .unwrap_or_else(|e| panic!("{}: interception.txt: {e}", case.display())),
+        Err(_) => Interception::None,
+    }
+}
+
 /// One sidecar's resources, by type, as Envoy's config_dump renders them.
 pub fn render_json(plan: &ProxyPlan) -> serde_json::Value {
-    let res = plan.resources();
+    render_json_for(plan, Interception::None)
+}
+
+/// The same in the layout `interception` selects.
+pub fn render_json_for(plan: &ProxyPlan, interception: Interception) -> serde_json::Value {
+    let res = plan.resources_for(interception);
     let mut obj = serde_json::Map::new();
     for kind in [
         ResourceType::Listener,
@@ -128,6 +144,6 @@ pub fn render_json(plan: &ProxyPlan) -> serde_json::Value {
     serde_json::Value::Object(obj)
 }
 
-pub fn render_proxy(plan: &ProxyPlan) -> String {
-    to_canonical_string(&render_json(plan))
+pub fn render_proxy(plan: &ProxyPlan, interception: Interception) -> String {
+    to_canonical_string(&render_json_for(plan, interception))
 }

@@ -27,12 +27,12 @@ pub enum Outcome {
     Upstream503,
 }
 
-fn decode<M: Message + Default>(body: &envoy_types::pb::google::protobuf::Any) -> M {
+pub fn decode<M: Message + Default>(body: &envoy_types::pb::google::protobuf::Any) -> M {
     M::decode(body.value.as_slice()).expect("decode resource")
 }
 
 /// What the client sends on the wire: None = plaintext, Some(alpn) = TLS.
-fn client_socket(cluster: &Cluster, endpoint_mtls_meta: bool) -> Option<Vec<String>> {
+pub fn client_socket(cluster: &Cluster, endpoint_mtls_meta: bool) -> Option<Vec<String>> {
     let socket: Option<&TransportSocket> = if cluster.transport_socket_matches.is_empty() {
         cluster.transport_socket.as_ref()
     } else {
@@ -66,7 +66,10 @@ fn client_socket(cluster: &Cluster, endpoint_mtls_meta: bool) -> Option<Vec<Stri
 
 /// Envoy's filter-chain match on transport protocol, then ALPN: the most
 /// specific candidate wins, an empty field is the fallback.
-fn pick_chain<'a>(listener: &'a Listener, tls_alpn: Option<&[String]>) -> Option<&'a FilterChain> {
+pub fn pick_chain<'a>(
+    listener: &'a Listener,
+    tls_alpn: Option<&[String]>,
+) -> Option<&'a FilterChain> {
     let transport = if tls_alpn.is_some() {
         "tls"
     } else {
@@ -109,7 +112,7 @@ fn pick_chain<'a>(listener: &'a Listener, tls_alpn: Option<&[String]>) -> Option
     })
 }
 
-fn endpoint_addr(cla: &ClusterLoadAssignment, i: usize) -> Option<(String, u16, bool)> {
+pub fn endpoint_addr(cla: &ClusterLoadAssignment, i: usize) -> Option<(String, u16, bool)> {
     let ep = cla.endpoints.first()?.lb_endpoints.get(i)?;
     let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &ep.host_identifier else {
         return None;

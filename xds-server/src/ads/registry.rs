@@ -114,6 +114,8 @@ impl TypeStatus {
 pub struct ConnectionStatus {
     pub id: ConnectionId,
     pub node_id: String,
+    /// The layout the node's metadata asked for.
+    pub interception: translator::Interception,
     pub proxy: ProxyId,
     pub identity: Identity,
     pub connected_at: SystemTime,

@@ -8,7 +8,7 @@ use super::queue::{Responder, Unsent};
 use super::registry::{ConnectionId, ConnectionStatus, Registry, TypeStatus};
 use super::stats::Stats;
 use crate::identity::Peer;
-use crate::view::{ConfigSource, ProxyView, ViewError};
+use crate::view::{ConfigSource, ProxyView, ViewError, interception_of};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use futures::{Stream, StreamExt};
 use std::collections::{BTreeMap, HashSet};
@@ -17,14 +17,16 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use tonic::metadata::MetadataMap;
 use tonic::{Extensions, Status};
-use translator::ResourceType;
+use translator::{Interception, ResourceType};
 
 /// The gRPC status a stream ends with when its node cannot be served; the
 /// message is the error text, so the reason shows up in Envoy's log.
 pub fn status_of(error: &ViewError) -> Status {
     let message = error.to_string();
     match error {
-        ViewError::BadNodeId(_) => Status::invalid_argument(message),
+        ViewError::BadNodeId(_) | ViewError::BadNodeMetadata { .. } => {
+            Status::invalid_argument(message)
+        }
         ViewError::UnknownWorkload { .. } => Status::not_found(message),
         ViewError::IdentityMismatch { .. } | ViewError::Unauthenticated { .. } => {
             Status::permission_denied(message)
@@ -249,6 +251,8 @@ pub(super) struct Session<S: ConfigSource, R> {
     pub(super) shared: Arc<Shared<S>>,
     pub(super) id: ConnectionId,
     pub(super) node_id: String,
+    /// The layout the node's metadata asked for on the first request.
+    pub(super) interception: Interception,
     pub(super) peer: Peer,
     pub(super) view: Arc<ProxyView>,
     pub(super) tx: Responder<R>,
@@ -281,17 +285,26 @@ impl<S: ConfigSource, R: prost::Message> Session<S, R> {
         tracing::Span::current().record("node", node_id.as_str());
         let mut changes = shared.source.changes();
         changes.borrow_and_update();
+        // The layout is read once, from the first request's node: Envoy
+        // may send its node only then (set_node_on_first_message_only).
+        let layout = node.map(interception_of).unwrap_or(Ok(Interception::None));
+        let interception = layout.clone().unwrap_or_default();
+        let ask = || {
+            layout
+                .clone()
+                .and_then(|i| shared.source.view(&node_id, i, &peer))
+        };
         // A proxy that connects before the first config is loaded (a
         // cluster's first lists can take a while) waits for it rather than
         // being turned away, up to NOT_READY_WAIT.
-        let mut view = shared.source.view(&node_id, &peer);
+        let mut view = ask();
         let waiting_since = tokio::time::Instant::now();
         while matches!(view, Err(ViewError::NotReady)) && waiting_since.elapsed() < NOT_READY_WAIT {
             let left = NOT_READY_WAIT.saturating_sub(waiting_since.elapsed());
             match tokio::time::timeout(left, changes.changed()).await {
                 Ok(Ok(())) => {
                     changes.borrow_and_update();
-                    view = shared.source.view(&node_id, &peer);
+                    view = ask();
                 }
                 Ok(Err(_)) | Err(_) => break,
             }
@@ -310,6 +323,7 @@ impl<S: ConfigSource, R: prost::Message> Session<S, R> {
         shared.registry.insert(ConnectionStatus {
             id,
             node_id: node_id.clone(),
+            interception,
             proxy: view.proxy.clone(),
             identity: view.identity.clone(),
             connected_at: SystemTime::now(),
@@ -317,7 +331,7 @@ impl<S: ConfigSource, R: prost::Message> Session<S, R> {
             types: BTreeMap::new(),
         });
         shared.stats.stream_opened();
-        tracing::info!(proxy = %view.proxy, identity = %view.identity, "proxy connected");
+        tracing::info!(proxy = %view.proxy, identity = %view.identity, %interception, "proxy connected");
         let registered = Registered {
             shared: Arc::clone(&shared),
             id,
@@ -326,6 +340,7 @@ impl<S: ConfigSource, R: prost::Message> Session<S, R> {
             shared,
             id,
             node_id,
+            interception,
             peer,
             view,
             tx,
@@ -383,7 +398,11 @@ impl<S: ConfigSource, R: prost::Message> Session<S, R> {
     /// from the one held. While the source is not ready the last good view
     /// is kept (never an empty config); any other error ends the stream.
     pub(super) fn refresh(&mut self) -> Result<bool, Status> {
-        match self.shared.source.view(&self.node_id, &self.peer) {
+        match self
+            .shared
+            .source
+            .view(&self.node_id, self.interception, &self.peer)
+        {
             Ok(view) => {
                 if Arc::ptr_eq(&view, &self.view) {
                     return Ok(false);

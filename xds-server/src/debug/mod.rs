@@ -185,7 +185,8 @@ async fn syncz(State(s): State<DebugState>) -> Json<Value> {
         .snapshot()
         .into_iter()
         .map(|c| {
-            let current = s.snapshots.view(&c.node_id, &Peer::Unauthenticated).ok();
+            let current = s.snapshots
+                .view(&c.node_id, c.interception, &Peer::Unauthenticated).ok();
             let mut types = BTreeMap::new();
             for kind in ResourceType::PUSH_ORDER {
                 let Some(t) = c.types.get(&kind) else {

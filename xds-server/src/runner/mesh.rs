@@ -137,6 +137,7 @@ impl LocalMesh {
                 addressing: Addressing {
                     pod_net,
                     app_net: Some(app_net),
+                    service_net: None,
                 },
                 cert_lifetime: opts.cert_lifetime,
             },
@@ -252,6 +253,7 @@ impl LocalMesh {
             admin: admin_addr,
             cluster_domain: &self.opts.mesh.cluster_domain,
             tls: Some(&tls),
+            interception: translator::Interception::None,
         })?;
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
@@ -284,7 +286,11 @@ impl LocalMesh {
     pub async fn pending(&mut self) -> Option<String> {
         let conns = self.server.registry.snapshot();
         for node in self.node_ids() {
-            let Ok(view) = self.server.snapshots.view(&node, &Peer::Unauthenticated) else {
+            let Ok(view) = self.server.snapshots.view(
+                &node,
+                translator::Interception::None,
+                &Peer::Unauthenticated,
+            ) else {
                 return Some(format!("{node}: no view"));
             };
             let Some(c) = conns.iter().find(|c| c.node_id == node) else {

@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 use translator::ResourceType;
-use translator::{ProxyResources, Resource, ResourceMap};
+use translator::{Interception, ProxyResources, Resource, ResourceMap};
 
 pub(super) const NODE: &str = "sidecar~10.0.0.5~httpbin-0.foo~foo.svc.cluster.local";
 
@@ -43,6 +43,8 @@ pub(super) struct FakeSource {
     changes: watch::Sender<u64>,
     /// The peer each `view` call was made for, in order.
     peers: Mutex<Vec<Peer>>,
+    /// The layout each `view` call asked for, in order.
+    interceptions: Mutex<Vec<Interception>>,
     /// While set, every view is `NotReady` (no config loaded yet).
     not_ready: std::sync::atomic::AtomicBool,
 }
@@ -53,6 +55,7 @@ impl FakeSource {
             views: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
             peers: Mutex::new(Vec::new()),
+            interceptions: Mutex::new(Vec::new()),
             not_ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -77,11 +80,27 @@ impl FakeSource {
     pub(super) fn peers(&self) -> Vec<Peer> {
         self.peers.lock().expect("peers lock").clone()
     }
+
+    pub(super) fn interceptions(&self) -> Vec<Interception> {
+        self.interceptions
+            .lock()
+            .expect("interceptions lock")
+            .clone()
+    }
 }
 
 impl ConfigSource for FakeSource {
-    fn view(&self, node_id: &str, peer: &Peer) -> Result<Arc<ProxyView>, ViewError> {
+    fn view(
+        &self,
+        node_id: &str,
+        interception: Interception,
+        peer: &Peer,
+    ) -> Result<Arc<ProxyView>, ViewError> {
         self.peers.lock().expect("peers lock").push(peer.clone());
+        self.interceptions
+            .lock()
+            .expect("interceptions lock")
+            .push(interception);
         if self.not_ready.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(ViewError::NotReady);
         }
@@ -111,6 +130,7 @@ fn view(resources: &[Arc<Resource>]) -> ProxyView {
     }
     let mut take = |kind| Arc::new(maps.remove(&kind).unwrap_or_default());
     ProxyView {
+        interception: Interception::None,
         proxy: ProxyId {
             namespace: "foo".to_string(),
             pod: "httpbin-0".to_string(),

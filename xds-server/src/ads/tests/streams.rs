@@ -78,3 +78,95 @@ async fn registry_removes_connection_on_disconnect() {
     })
     .await;
 }
+
+/// A first request whose node metadata carries `INTERCEPTION_MODE`.
+fn with_interception(
+    value: envoy_types::pb::google::protobuf::Value,
+) -> envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest {
+    let mut first = sotw::request(ResourceType::Cluster, &[], "", "");
+    if let Some(node) = first.node.as_mut() {
+        node.metadata = Some(envoy_types::pb::google::protobuf::Struct {
+            fields: [("INTERCEPTION_MODE".to_string(), value)].into(),
+        });
+    }
+    first
+}
+
+fn string(s: &str) -> envoy_types::pb::google::protobuf::Value {
+    envoy_types::pb::google::protobuf::Value {
+        kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+            s.to_string(),
+        )),
+    }
+}
+
+#[tokio::test]
+async fn the_node_metadata_picks_the_layout_for_the_whole_stream() {
+    within(async {
+        let (source, server) = setup();
+        let mut stream = sotw::Stream::open(&server).await;
+        stream.send(with_interception(string("REDIRECT"))).await;
+        stream.recv().await;
+        // A later request without metadata (Envoy sends the node once)
+        // keeps the stream's layout: a change to the config asks again.
+        let mut changed = base();
+        changed[0] = res(ResourceType::Cluster, EDS_A, 2);
+        source.set(NODE, &changed);
+        stream.recv().await;
+        let asked = source.interceptions();
+        assert!(asked.len() >= 2, "{asked:?}");
+        assert!(
+            asked.iter().all(|i| *i == Interception::Redirect),
+            "{asked:?}"
+        );
+        assert_eq!(
+            server.registry().snapshot()[0].interception,
+            Interception::Redirect
+        );
+
+        // Without the key: the explicit-bind layout.
+        let mut plain = sotw::Stream::open(&server).await;
+        plain
+            .send(sotw::request(ResourceType::Cluster, &[], "", ""))
+            .await;
+        plain.recv().await;
+        assert_eq!(source.interceptions().last(), Some(&Interception::None));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_unsupported_interception_mode_ends_the_stream_naming_it() {
+    within(async {
+        let (source, server) = setup();
+        for (value, says) in [
+            (string("TPROXY"), "TPROXY is not supported"),
+            (
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::BoolValue(
+                        true,
+                    )),
+                },
+                "must be a string",
+            ),
+        ] {
+            let mut stream = sotw::Stream::open(&server).await;
+            stream.send(with_interception(value)).await;
+            let status = stream
+                .rx
+                .message()
+                .await
+                .expect_err("the stream ends with a status");
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(
+                status.message().contains("INTERCEPTION_MODE"),
+                "{}",
+                status.message()
+            );
+            assert!(status.message().contains(says), "{}", status.message());
+        }
+        assert!(source.interceptions().is_empty(), "no view was asked for");
+        assert!(server.registry().is_empty());
+    })
+    .await;
+}
