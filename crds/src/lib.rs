@@ -30,7 +30,7 @@ pub use destination_rule::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, DestinationRuleSpec, PortSelector,
     PortTrafficPolicy, Subset, TrafficPolicy,
 };
-pub use manifest::{Object, ObjectError, Parsed, Skipped, parse_documents};
+pub use manifest::{Object, ObjectError, Parsed, Skipped, parse_documents, read_documents};
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec};
 pub use validate::FieldError;
 pub use workload_selector::WorkloadSelector;

@@ -249,11 +249,32 @@ const CR_TOP_LEVEL: &[&str] = &["apiVersion", "kind", "metadata", "spec", "statu
 /// out, the documents after it still read; a file whose aliases expand it to
 /// more than [`crate::yaml::MAX_VALUES`] values is an error that ends the file.
 pub fn parse_documents(text: &str, file: &str) -> (Vec<Parsed>, Vec<ObjectError>) {
+    let (documents, errors) = read_documents(text, file);
+    let mut out = Output {
+        file,
+        parsed: Vec::new(),
+        errors,
+    };
+    for (index, json) in documents {
+        out.document(index, json);
+    }
+    out.errors.sort_by_key(|e| (e.index, e.item));
+    (out.parsed, out.errors)
+}
+
+/// The documents of a multi-document YAML text as JSON values, with their
+/// 0-based index, read with the same bounds and conversions as
+/// [`parse_documents`] (which interprets them): for tools that rewrite
+/// objects of any kind and must keep every field (`xds-server inject`).
+/// Empty documents are left out; a document that cannot be read is an
+/// error, and a syntax error ends the file.
+pub fn read_documents(text: &str, file: &str) -> (Vec<(usize, Value)>, Vec<ObjectError>) {
     let mut out = Output {
         file,
         parsed: Vec::new(),
         errors: Vec::new(),
     };
+    let mut documents = Vec::new();
     let reader = yaml::Reader::new(yaml::MAX_VALUES);
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let mut yaml = match reader.document(document) {
@@ -277,11 +298,11 @@ pub fn parse_documents(text: &str, file: &str) -> (Vec<Parsed>, Vec<ObjectError>
         }
         match yaml_to_json(yaml, "") {
             Ok(Value::Null) => {}
-            Ok(json) => out.document(index, json),
+            Ok(json) => documents.push((index, json)),
             Err(reason) => out.document_error(index, reason),
         }
     }
-    (out.parsed, out.errors)
+    (documents, out.errors)
 }
 
 /// Converts YAML to JSON as Kubernetes does: non-string map keys (`80:` under

@@ -49,6 +49,101 @@ pub enum Command {
     Up(UpArgs),
     /// Program this network namespace's nat table to capture TCP traffic into the sidecar, like Istio's istio-iptables in REDIRECT mode (needs root or CAP_NET_ADMIN, and iptables).
     Iptables(IptablesArgs),
+    /// Print manifests with a stock-Envoy sidecar injected into every pod template that should get one, like `istioctl kube-inject`.
+    Inject(InjectArgs),
+}
+
+/// `xds-server inject`: where the manifests are and what the sidecar runs.
+#[derive(Args, Debug, Clone)]
+pub struct InjectArgs {
+    /// A file or directory of manifests (read recursively, like `kubectl apply -f`); may repeat.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// The image with xds-server (and iptables), for the init containers istio-init and xds-bootstrap.
+    #[arg(long, env = "XDS_INJECT_IMAGE", default_value_t = crate::inject::template::Settings::default().image)]
+    pub image: String,
+    /// The Envoy image of the istio-proxy container.
+    #[arg(long, env = "XDS_INJECT_PROXY_IMAGE", default_value_t = crate::inject::template::Settings::default().proxy_image)]
+    pub proxy_image: String,
+    /// The control plane's ADS address, as pods reach it.
+    #[arg(long, default_value_t = crate::inject::template::Settings::default().xds_addr)]
+    pub xds_addr: String,
+    /// The control plane's certificate endpoint, as pods reach it.
+    #[arg(long, default_value_t = crate::inject::template::Settings::default().ca_addr)]
+    pub ca_addr: String,
+    /// Envoy's --log-level in the sidecar.
+    #[arg(long, default_value_t = crate::inject::template::Settings::default().proxy_log_level)]
+    pub proxy_log_level: String,
+    /// Write the result to this file instead of standard output.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `inject`: every document of the files, pod templates injected, as one
+/// multi-document YAML; what was injected and why not, on stderr. Any
+/// unreadable file or uninjectable object is an error and nothing is
+/// printed: half an injected manifest applied would be worse than none.
+pub fn inject(args: &InjectArgs) -> anyhow::Result<()> {
+    use crate::inject::{Action, inject_documents, namespace_labels, template::Settings};
+    let (texts, mut load_errors) =
+        crate::source::files::read_texts(&args.files, crate::source::files::DEFAULT_MAX_FILE_BYTES);
+    let mut docs = Vec::new();
+    for (name, text) in &texts {
+        let (read, errors) = crds::read_documents(text, name);
+        load_errors.extend(errors);
+        docs.extend(read.into_iter().map(|(_, v)| v));
+    }
+    if !load_errors.is_empty() {
+        for e in &load_errors {
+            eprintln!("error: {e}");
+        }
+        bail!(
+            "{} problem(s) reading the manifests; nothing printed",
+            load_errors.len()
+        );
+    }
+    let settings = Settings {
+        image: args.image.clone(),
+        proxy_image: args.proxy_image.clone(),
+        xds_addr: args.xds_addr.clone(),
+        ca_addr: args.ca_addr.clone(),
+        proxy_log_level: args.proxy_log_level.clone(),
+    };
+    let namespaces = namespace_labels(&docs);
+    let report = match inject_documents(&mut docs, &namespaces, &settings) {
+        Ok(report) => report,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            bail!(
+                "{} object(s) cannot be injected; nothing printed",
+                errors.len()
+            );
+        }
+    };
+    let mut out = String::new();
+    for d in &docs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(d).context("writing YAML")?);
+    }
+    for d in &report.decisions {
+        match &d.action {
+            Action::Injected(mode) => eprintln!("injected {} ({mode})", d.object),
+            Action::Left(why) => eprintln!("left     {}: {why}", d.object),
+        }
+    }
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    match &args.output {
+        Some(path) => crate::ca::write_atomically(path, out.as_bytes(), 0o644)
+            .with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{out}");
+            Ok(())
+        }
+    }
 }
 
 /// `xds-server iptables`: what Istio's init container passes to

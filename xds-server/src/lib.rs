@@ -11,6 +11,7 @@ pub mod cli;
 pub mod debug;
 pub mod enroll;
 pub mod identity;
+pub mod inject;
 pub mod logging;
 pub mod runner;
 pub mod server;

@@ -26,6 +26,7 @@ async fn main() -> ExitCode {
         }
         Command::Up(args) => xds_server::runner::mesh::up(args).await,
         Command::Iptables(args) => cli::iptables(&args).map(|()| ExitCode::SUCCESS),
+        Command::Inject(args) => cli::inject(&args).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -163,6 +163,30 @@ impl FileLoader {
     }
 }
 
+/// The texts of the config files under `paths` (files or directories,
+/// walked as a load walks them: sorted, hidden entries skipped, each file
+/// at most `limit` bytes), as (name, text); and an error for each file or
+/// directory that could not be read. For tools that read manifests once
+/// (`xds-server inject`).
+pub fn read_texts(paths: &[PathBuf], limit: u64) -> (Vec<(String, String)>, Vec<ObjectError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        collect_files(p, &mut files, &mut errors);
+    }
+    files.sort();
+    files.dedup();
+    let mut texts = Vec::with_capacity(files.len());
+    for file in files {
+        let name = file.display().to_string();
+        match read_config_file(&file, limit, paths.contains(&file)) {
+            Ok(text) => texts.push((name, text)),
+            Err(reason) => errors.push(file_error(name, reason)),
+        }
+    }
+    (texts, errors)
+}
+
 /// The text of one config file, or why it cannot be had. Never reads more
 /// than `limit` + 1 bytes: the size is checked before reading and again by
 /// what was read, so a file that grows meanwhile (or a device that never
