@@ -6,7 +6,6 @@
 //! inbound clusters). Built for every sidecar next to the explicit-bind
 //! layout; the ADS view picks one by the node's `INTERCEPTION_MODE`.
 
-use super::shared;
 use crate::diag::Diagnostic;
 use crate::envoy::capture::{
     self, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, Passthrough, ServedPort,
@@ -58,7 +57,7 @@ pub(super) struct CaptureShared {
 impl CaptureShared {
     pub(super) fn new(mesh: &Mesh, diags: &mut Vec<Diagnostic>) -> CaptureShared {
         CaptureShared {
-            outbound_listeners: shared(outbound_listeners(mesh, diags)),
+            outbound_listeners: Arc::new(outbound_listeners(mesh, diags)),
             fixed_clusters: capture::fixed_clusters()
                 .iter()
                 .map(|c| resource(&c.name, ResourceType::Cluster, c))
@@ -143,13 +142,13 @@ impl CaptureShared {
                     let r = self.routes.for_namespace(mesh, port, &w.namespace);
                     m.insert(r.name.clone(), Arc::new(r));
                 }
-                shared(m)
+                Arc::new(m)
             })
             .clone();
         CapturePlan {
-            inbound_listener: shared(inbound),
+            inbound_listener: Arc::new(inbound),
             outbound_listeners: self.outbound_listeners.clone(),
-            inbound_clusters: shared(clusters),
+            inbound_clusters: Arc::new(clusters),
             routes,
         }
     }

@@ -4,8 +4,8 @@
 
 use super::capture::CapturePlan;
 use super::report::{ClientPort, EndpointSpecs, ServerPort, client_port};
-use crate::Interception;
 use crate::diag::Diagnostic;
+use crate::layout::Interception;
 use crate::model::Mesh;
 use crate::resolve::ClientPolicies;
 use crate::xds::{ProxyResources, ResourceMap};
