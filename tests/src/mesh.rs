@@ -32,6 +32,7 @@ pub fn options(test: &str, paths: &[PathBuf], work_dir: PathBuf) -> Option<MeshO
         cert_lifetime: Duration::from_secs(24 * 3600),
         test_hooks: true,
         envoy_bin: Some(envoy),
+        capture: None,
     })
 }
 
@@ -143,6 +144,39 @@ pub async fn assert_no_envoy_restarted(mesh: &mut LocalMesh, seen: &EnvoysSeen) 
              this is not the Envoy the mesh started"
         );
     }
+}
+
+/// Runs a mesh over `paths` with `up --capture iptables`'s pods (network
+/// namespaces, iptables capture, curl probes), probes it once (`from`,
+/// `to` as `up` takes them) and stops it; `None` when the test is skipped
+/// (no root or no Envoy, opted out; see `require_root`, `require_envoy`).
+pub fn captured_matrix(
+    test: &str,
+    paths: &[PathBuf],
+    from: &str,
+    to: &str,
+) -> Option<Vec<ProbeRow>> {
+    if !crate::require_root(test) {
+        return None;
+    }
+    let scratch = crate::ScratchDir::new(test).expect("scratch dir");
+    let mut opts = options(test, paths, scratch.path().to_path_buf())?;
+    let node = xds_server::runner::pods::Node::create().expect("node namespace");
+    opts.capture = Some(std::sync::Arc::clone(&node));
+    let (from, to) = (from.to_string(), to.to_string());
+    let rows = node
+        .run(move || async move {
+            let mut mesh = LocalMesh::start(opts).await?;
+            let rows = match mesh.converge(CONVERGE).await {
+                Ok(()) => mesh.probe_matrix(Some(&from), Some(&to)).await,
+                Err(e) => Err(e),
+            };
+            mesh.stop().await;
+            rows
+        })
+        .expect("the node's runtime")
+        .expect("the captured mesh converges and is probed");
+    Some(rows)
 }
 
 /// sleep -> httpbin, the article's nine probes.

@@ -43,6 +43,17 @@ impl Netns {
         Ok(ns)
     }
 
+    /// `ip netns add NAME` with exactly this name (tests that need one a
+    /// program recognises), loopback up.
+    pub fn create_named(name: &str) -> anyhow::Result<Netns> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Netns {
+            name: name.to_string(),
+        };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -76,6 +87,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        // Something under test may have removed it already.
+        if !std::path::Path::new("/run/netns").join(&self.name).exists() {
+            return;
+        }
         if let Err(e) = run("ip", &["netns", "del", &self.name]) {
             eprintln!("could not remove network namespace {}: {e:#}", self.name);
         }

@@ -396,6 +396,9 @@ pub struct UpArgs {
     /// Sidecars use delta xDS instead of state of the world.
     #[arg(long)]
     pub delta: bool,
+    /// `iptables`: run every workload as a pod in its own network namespace, sidecars with iptables capture (INTERCEPTION_MODE REDIRECT), probes with curl inside the client's pod. Needs root. Default: the explicit-bind layout on loopback addresses, no root needed.
+    #[arg(long, value_enum)]
+    pub capture: Option<CaptureMode>,
     /// Where bootstraps, Envoy logs and the CA of this run go (default: a new temporary directory).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -407,6 +410,13 @@ pub struct UpArgs {
     pub verbose: bool,
     #[command(flatten)]
     pub mesh: MeshArgs,
+}
+
+/// How `up` runs its sidecars.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaptureMode {
+    /// Network namespaces and Istio's iptables rules.
+    Iptables,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -24,7 +24,7 @@ async fn main() -> ExitCode {
             print!("{}", crds::manifests());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up(args) => xds_server::runner::mesh::up(args).await,
+        Command::Up(args) => xds_server::runner::up::up(args).await,
         Command::Iptables(args) => cli::iptables(&args).map(|()| ExitCode::SUCCESS),
         Command::Inject(args) => cli::inject(&args).map(|()| ExitCode::SUCCESS),
     };

@@ -21,23 +21,37 @@ pub fn summarize(c: &ConnectionStatus) -> SyncState {
 /// True when the proxy acknowledged exactly the current view, for every
 /// type it subscribed to (wildcard types always count).
 pub fn is_current(c: &ConnectionStatus, view: &ProxyView) -> bool {
-    ResourceType::PUSH_ORDER.into_iter().all(|kind| {
-        let Some(t) = c.types.get(&kind) else {
-            // Never subscribed: fine for named types with nothing to name.
-            return !kind.is_wildcard();
-        };
-        if t.sync_state() != SyncState::Synced {
-            return false;
-        }
-        let want = view.of(kind);
-        let covered: Vec<(&String, u64)> = want
-            .iter()
-            .filter(|(name, _)| t.subscription.as_ref().is_none_or(|s| s.covers(name)))
-            .map(|(n, r)| (n, r.hash))
-            .collect();
-        let sent: Vec<(&String, u64)> = t.sent.iter().map(|(n, r)| (n, r.hash)).collect();
-        covered == sent
-    })
+    not_current(c, view).is_empty()
+}
+
+/// The types in which the connection is behind `view`, each with why
+/// (`LDS STALE`, `RDS not subscribed`, `CDS sent differs`): what a
+/// convergence timeout reports.
+pub fn not_current(c: &ConnectionStatus, view: &ProxyView) -> Vec<String> {
+    ResourceType::PUSH_ORDER
+        .into_iter()
+        .filter_map(|kind| {
+            let Some(t) = c.types.get(&kind) else {
+                // Never subscribed: fine for named types with nothing to name.
+                return kind
+                    .is_wildcard()
+                    .then(|| format!("{} not subscribed", kind.short()));
+            };
+            let state = t.sync_state();
+            if state != SyncState::Synced {
+                return Some(format!("{} {}", kind.short(), state.as_str()));
+            }
+            let want = view.of(kind);
+            let covered: Vec<(&String, u64)> = want
+                .iter()
+                .filter(|(name, _)| t.subscription.as_ref().is_none_or(|s| s.covers(name)))
+                .map(|(n, r)| (n, r.hash))
+                .collect();
+            let sent: Vec<(&String, u64)> = t.sent.iter().map(|(n, r)| (n, r.hash)).collect();
+            (covered != sent)
+                .then(|| format!("{} sent differs from the current config", kind.short()))
+        })
+        .collect()
 }
 
 /// `/debug/mtlsz?format=text`: the effective modes as tables.

@@ -57,14 +57,36 @@ impl EchoServer {
                     format!("echo server {name}: cannot bind {addr}: {e}"),
                 )
             })?;
-            let local = listener.local_addr().map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("echo server {name}: local address of {addr}: {e}"),
-                )
-            })?;
-            listeners.push((listener, local));
+            listeners.push(listener);
         }
+        Self::serve(listeners, name)
+    }
+
+    /// Serves the echo application on listeners bound elsewhere (in a
+    /// pod's network namespace, by a thread that entered it).
+    pub fn serve_std(
+        listeners: Vec<std::net::TcpListener>,
+        name: impl Into<String>,
+    ) -> io::Result<EchoServer> {
+        let name = name.into();
+        let mut tokio_listeners = Vec::with_capacity(listeners.len());
+        for l in listeners {
+            l.set_nonblocking(true)?;
+            tokio_listeners.push(TcpListener::from_std(l)?);
+        }
+        Self::serve(tokio_listeners, name)
+    }
+
+    fn serve(listeners: Vec<TcpListener>, name: String) -> io::Result<EchoServer> {
+        let listeners = listeners
+            .into_iter()
+            .map(|listener| {
+                let local = listener.local_addr().map_err(|e| {
+                    io::Error::new(e.kind(), format!("echo server {name}: local address: {e}"))
+                })?;
+                Ok((listener, local))
+            })
+            .collect::<io::Result<Vec<_>>>()?;
 
         let (shutdown, signal) = watch::channel(());
         let app = router(name.clone());

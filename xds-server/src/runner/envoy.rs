@@ -138,6 +138,10 @@ pub struct EnvoySpec {
     pub log_level: String,
     /// Appended after the standard flags, e.g. `--component-log-level`.
     pub extra_args: Vec<OsString>,
+    /// A command that runs Envoy (`ip netns exec POD setpriv --reuid ...`),
+    /// its words before Envoy's binary; empty: Envoy is run directly. The
+    /// words exec each other, so the process (and its pid) is Envoy's.
+    pub wrapper: Vec<OsString>,
 }
 
 impl EnvoySpec {
@@ -155,7 +159,14 @@ impl EnvoySpec {
             name: name.into(),
             log_level: "warn".to_string(),
             extra_args: Vec::new(),
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs Envoy through `wrapper` (see [`EnvoySpec::wrapper`]).
+    pub fn wrapped_by(mut self, wrapper: Vec<OsString>) -> Self {
+        self.wrapper = wrapper;
+        self
     }
 
     /// Sets Envoy's `--log-level`.
@@ -199,7 +210,14 @@ impl EnvoyProcess {
         std::fs::create_dir_all(&spec.log_dir).map_err(log_err)?;
         let stdout = File::create(&log).map_err(log_err)?;
         let stderr = stdout.try_clone().map_err(log_err)?;
-        let mut command = Command::new(&spec.binary);
+        let mut command = match spec.wrapper.split_first() {
+            Some((program, words)) => {
+                let mut c = Command::new(program);
+                c.args(words).arg(&spec.binary);
+                c
+            }
+            None => Command::new(&spec.binary),
+        };
         command
             .arg("-c")
             .arg(&spec.bootstrap)

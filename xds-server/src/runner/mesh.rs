@@ -11,13 +11,14 @@
 
 use super::echo::EchoServer;
 use super::envoy::{Admin, EnvoyProcess, EnvoySpec, find_envoy};
+pub use super::matrix::{ProbeRow, render_matrix, target_ports};
+use super::matrix::{parse_selector, selects};
+use super::pods::{self, Node, Pod};
 use super::probe::{Outcome, probe, xfcc_uri};
-use super::selector::Selector;
 use crate::bootstrap::{
     BootstrapParams, DEFAULT_BOOTSTRAP_CERT_LIFETIME, bootstrap_yaml, write_client_credentials,
 };
-use crate::cli::UpArgs;
-use crate::debug::sync::is_current;
+use crate::debug::sync::not_current;
 use crate::identity::{Identity, NodeId, Peer};
 use crate::server::{RunningServer, ServerOptions, XdsSecurity, start};
 use crate::snapshots::Settings;
@@ -27,12 +28,12 @@ use anyhow::{Context, bail};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
-use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use translator::model::build::Addressing;
-use translator::model::{Labels, Mesh, ServicePort, Workload};
+use translator::model::{Mesh, ServicePort, Workload};
 
 /// Options of a [`LocalMesh`].
 #[derive(Clone, Debug)]
@@ -46,37 +47,19 @@ pub struct MeshOptions {
     pub test_hooks: bool,
     /// The Envoy binary; found like `find_envoy` when `None`.
     pub envoy_bin: Option<PathBuf>,
+    /// Run every workload as a pod in its own network namespace, sidecars
+    /// with iptables capture (`up --capture iptables`); the mesh must then
+    /// be started on this node's runtime ([`Node::run`]). `None`: the
+    /// explicit-bind layout on loopback addresses.
+    pub capture: Option<Arc<Node>>,
 }
 
-/// A running workload of the local mesh.
+/// A running workload of the local mesh. Fields drop in order: the
+/// processes and sockets before the pod's namespace.
 struct Running {
     echo: EchoServer,
     envoy: Option<(EnvoyProcess, Admin)>,
-}
-
-/// One probe: from a client workload to a service port.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ProbeRow {
-    /// `workload.namespace` (the Deployment name for its replicas).
-    pub from: String,
-    /// `service.namespace:port`.
-    pub to: String,
-    pub outcome: String,
-    pub mtls: bool,
-    /// Why the call failed, when the decisions can tell (text output only).
-    #[serde(skip)]
-    pub reason: Option<String>,
-}
-
-impl ProbeRow {
-    /// The article's notation: `200 mTLS`, `200 plain`, `reset`, `503`.
-    pub fn cell(&self) -> String {
-        match self.outcome.parse::<u16>() {
-            Ok(code) if self.mtls => format!("{code} mTLS"),
-            Ok(code) if (200..300).contains(&code) => format!("{code} plain"),
-            _ => self.outcome.clone(),
-        }
-    }
+    pod: Option<Pod>,
 }
 
 pub struct LocalMesh {
@@ -84,8 +67,8 @@ pub struct LocalMesh {
     opts: MeshOptions,
     envoy_bin: PathBuf,
     running: BTreeMap<(String, String), Running>,
-    /// Holds this run's claim on its address range.
-    _claim: StdListener,
+    /// Holds this run's claim on its loopback range (explicit-bind layout).
+    _claim: Option<StdListener>,
 }
 
 /// Claim two free /16s: bind a marker port on the first; a second runner
@@ -106,39 +89,66 @@ fn claim_nets() -> anyhow::Result<(Ipv4Addr, Ipv4Addr, StdListener)> {
     bail!("no free loopback range for a local mesh (127.20.0.0 to 127.219.0.0 all claimed)")
 }
 
-fn parse_selector(s: &str) -> anyhow::Result<Selector> {
-    Selector::parse(s).map_err(|e| anyhow::anyhow!(e))
-}
+impl super::capture_probe::RunningPods for LocalMesh {
+    fn pod(&self, namespace: &str, pod: &str) -> Option<&Pod> {
+        self.running
+            .get(&(namespace.to_string(), pod.to_string()))
+            .and_then(|r| r.pod.as_ref())
+    }
 
-fn selects(sel: &Option<Selector>, labels: &Labels) -> bool {
-    sel.as_ref().is_none_or(|s| s.matches(labels))
+    fn admin(&self, namespace: &str, pod: &str) -> Option<&Admin> {
+        LocalMesh::admin(self, namespace, pod)
+    }
 }
 
 impl LocalMesh {
     pub async fn start(opts: MeshOptions) -> anyhow::Result<LocalMesh> {
-        let envoy_bin = match &opts.envoy_bin {
+        let mut envoy_bin = match &opts.envoy_bin {
             Some(b) => b.clone(),
             None => {
                 let cwd = std::env::current_dir().ok();
                 find_envoy(cwd.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?
             }
         };
-        let (pod_net, app_net, claim) = claim_nets()?;
         std::fs::create_dir_all(&opts.work_dir)
             .with_context(|| format!("creating {}", opts.work_dir.display()))?;
+        // Pods get addresses in private ranges that exist only inside the
+        // run's namespaces; the explicit-bind layout claims loopback /16s.
+        let (addressing, xds_addr, claim) = match &opts.capture {
+            Some(_) => {
+                envoy_bin = pods::envoy_for_proxy_user(&envoy_bin)?;
+                (
+                    Addressing {
+                        pod_net: pods::POD_NET,
+                        app_net: None,
+                        service_net: Some(pods::SERVICE_NET),
+                    },
+                    SocketAddr::new(IpAddr::V4(pods::NODE_IP), 0),
+                    None,
+                )
+            }
+            None => {
+                let (pod_net, app_net, claim) = claim_nets()?;
+                (
+                    Addressing {
+                        pod_net,
+                        app_net: Some(app_net),
+                        service_net: None,
+                    },
+                    "127.0.0.1:0".parse()?,
+                    Some(claim),
+                )
+            }
+        };
         let server = start(ServerOptions {
             config_paths: opts.paths.clone(),
             kube: None,
-            xds_addr: "127.0.0.1:0".parse()?,
+            xds_addr,
             debug_addr: "127.0.0.1:0".parse()?,
             state_dir: opts.work_dir.join("state"),
             settings: Settings {
                 mesh: opts.mesh.clone(),
-                addressing: Addressing {
-                    pod_net,
-                    app_net: Some(app_net),
-                    service_net: None,
-                },
+                addressing,
                 cert_lifetime: opts.cert_lifetime,
             },
             debounce: Duration::from_millis(100),
@@ -158,7 +168,7 @@ impl LocalMesh {
         Ok(mesh)
     }
 
-    fn mesh_state(&self) -> anyhow::Result<std::sync::Arc<crate::snapshots::State>> {
+    pub(super) fn mesh_state(&self) -> anyhow::Result<std::sync::Arc<crate::snapshots::State>> {
         self.server
             .snapshots
             .state()
@@ -196,21 +206,46 @@ impl LocalMesh {
                 continue;
             }
             let ports = target_ports(mesh, wi);
-            let app_ip = if w.sidecar {
-                w.app_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            } else {
-                w.ip
+            let name = format!("{}.{}", w.name, w.namespace);
+            let (echo, pod) = match &self.opts.capture {
+                // In its pod the application listens on every port it
+                // declares and every port a Service targets, on all
+                // addresses, as a container would.
+                Some(node) => {
+                    let pod = node.add_pod(w)?;
+                    let mut all = ports.clone();
+                    all.extend(w.ports.iter().map(|p| p.port));
+                    all.sort_unstable();
+                    all.dedup();
+                    let echo = EchoServer::serve_std(pod.listen(&all)?, name)?;
+                    (echo, Some(pod))
+                }
+                None => {
+                    let app_ip = if w.sidecar {
+                        w.app_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                    } else {
+                        w.ip
+                    };
+                    let addrs: Vec<SocketAddr> =
+                        ports.iter().map(|p| SocketAddr::new(app_ip, *p)).collect();
+                    (EchoServer::start(addrs, name).await?, None)
+                }
             };
-            let addrs: Vec<SocketAddr> =
-                ports.iter().map(|p| SocketAddr::new(app_ip, *p)).collect();
-            let echo = EchoServer::start(addrs, format!("{}.{}", w.name, w.namespace)).await?;
             let envoy = if w.sidecar {
                 count += 1;
-                Some(self.start_envoy(w).await?)
+                Some(self.start_envoy(w, pod.as_ref()).await?)
             } else {
                 None
             };
-            self.running.insert(key, Running { echo, envoy });
+            self.running.insert(key, Running { echo, envoy, pod });
+        }
+        if let Some(node) = &self.opts.capture {
+            let pods: BTreeMap<(String, String), &Pod> = self
+                .running
+                .iter()
+                .filter_map(|(k, r)| r.pod.as_ref().map(|p| (k.clone(), p)))
+                .collect();
+            node.sync_services(mesh, &pods)?;
         }
         if count > 0 {
             info!(
@@ -222,11 +257,20 @@ impl LocalMesh {
         Ok(())
     }
 
+    /// The layout the sidecars get.
+    pub fn interception(&self) -> translator::Interception {
+        match self.opts.capture {
+            Some(_) => translator::Interception::Redirect,
+            None => translator::Interception::None,
+        }
+    }
+
     async fn start_envoy(
         &self,
         w: &translator::model::Workload,
+        pod: Option<&Pod>,
     ) -> anyhow::Result<(EnvoyProcess, Admin)> {
-        let admin_addr = SocketAddr::new(w.ip, 15000);
+        let admin_addr = SocketAddr::new(w.ip, pods::ADMIN_PORT);
         let dir = self.opts.work_dir.join("envoy");
         let name = format!("{}.{}", w.name, w.namespace);
         // Each sidecar proves its workload identity with its own bootstrap
@@ -253,12 +297,27 @@ impl LocalMesh {
             admin: admin_addr,
             cluster_domain: &self.opts.mesh.cluster_domain,
             tls: Some(&tls),
-            interception: translator::Interception::None,
+            interception: self.interception(),
         })?;
         let path = dir.join(format!("{name}.yaml"));
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
-        let spec = EnvoySpec::new(&self.envoy_bin, &path, &dir, &name)
+        let mut spec = EnvoySpec::new(&self.envoy_bin, &path, &dir, &name)
             .log_level(self.opts.envoy_log_level.clone());
+        if let Some(pod) = pod {
+            // Envoy runs as the proxy user in the pod: its bootstrap and
+            // credentials must be that user's, and the directory holding
+            // them open to it (credentials are written into a 0700 one).
+            // Every sidecar of the run is that user: unlike pods, they
+            // share one filesystem.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("opening {} to the proxy user", dir.display()))?;
+            pods::give_to_proxy_user(&dir.join(&name))?;
+            let proxy_user = Some(crate::capture::rules::DEFAULT_PROXY_ID);
+            std::os::unix::fs::chown(&path, proxy_user, proxy_user)
+                .with_context(|| format!("chown {}", path.display()))?;
+            spec = spec.wrapped_by(pod.envoy_wrapper());
+        }
         let proc =
             EnvoyProcess::spawn(&spec).with_context(|| format!("starting Envoy for {name}"))?;
         Ok((proc, Admin::new(admin_addr)))
@@ -286,18 +345,22 @@ impl LocalMesh {
     pub async fn pending(&mut self) -> Option<String> {
         let conns = self.server.registry.snapshot();
         for node in self.node_ids() {
-            let Ok(view) = self.server.snapshots.view(
-                &node,
-                translator::Interception::None,
-                &Peer::Unauthenticated,
-            ) else {
+            let Ok(view) =
+                self.server
+                    .snapshots
+                    .view(&node, self.interception(), &Peer::Unauthenticated)
+            else {
                 return Some(format!("{node}: no view"));
             };
             let Some(c) = conns.iter().find(|c| c.node_id == node) else {
                 return Some(format!("{node}: not connected yet"));
             };
-            if !is_current(c, &view) {
-                return Some(format!("{node}: has not acknowledged the current config"));
+            let behind = not_current(c, &view);
+            if !behind.is_empty() {
+                return Some(format!(
+                    "{node}: has not acknowledged the current config ({})",
+                    behind.join(", ")
+                ));
             }
         }
         // ACKed is accepted; make sure nothing is still warming (listeners
@@ -344,6 +407,10 @@ impl LocalMesh {
         from: Option<&str>,
         to: Option<&str>,
     ) -> anyhow::Result<Vec<ProbeRow>> {
+        if self.opts.capture.is_some() {
+            let state = self.mesh_state()?;
+            return super::capture_probe::matrix(self, &state, from, to).await;
+        }
         let from = from.map(parse_selector).transpose()?;
         let to = to.map(parse_selector).transpose()?;
         let state = self.mesh_state()?;
@@ -522,203 +589,4 @@ pub fn probe_target(mesh: &Mesh, w: &Workload, si: usize, p: &ServicePort) -> Op
             ep.resolve_target(&p.target_port)
                 .map(|t| SocketAddr::new(ep.ip, t))
         })
-}
-
-/// Target ports Services expose on a workload (the e2e harness routes the
-/// same ports, so it calls this rather than keeping its own copy).
-pub fn target_ports(mesh: &Mesh, wi: usize) -> Vec<u16> {
-    let mut ports = BTreeSet::new();
-    let Some(w) = mesh.workloads.get(wi) else {
-        return Vec::new();
-    };
-    for &si in mesh
-        .index
-        .workload_services
-        .get(wi)
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-    {
-        if let Some(s) = mesh.services.get(si) {
-            for p in &s.ports {
-                if let Some(t) = w.resolve_target(&p.target_port) {
-                    ports.insert(t);
-                }
-            }
-        }
-    }
-    ports.into_iter().collect()
-}
-
-/// The matrix in the article's style.
-pub fn render_matrix(rows: &[ProbeRow]) -> String {
-    let froms: BTreeSet<&str> = rows.iter().map(|r| r.from.as_str()).collect();
-    let tos: BTreeSet<&str> = rows.iter().map(|r| r.to.as_str()).collect();
-    let first = froms
-        .iter()
-        .map(|f| f.len())
-        .max()
-        .unwrap_or(0)
-        .max("from \\ to".len())
-        + 2;
-    let col = tos.iter().map(|t| t.len()).max().unwrap_or(0).max(10) + 2;
-    let mut out = format!("{:<first$}", "from \\ to");
-    for t in &tos {
-        out.push_str(&format!("{t:<col$}"));
-    }
-    out.push('\n');
-    for f in &froms {
-        out.push_str(&format!("{f:<first$}"));
-        for t in &tos {
-            let cell = rows
-                .iter()
-                .find(|r| r.from == *f && r.to == *t)
-                .map(ProbeRow::cell)
-                .unwrap_or_default();
-            out.push_str(&format!("{cell:<col$}"));
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn print_results(rows: &[ProbeRow], json: bool) {
-    if json {
-        println!("{}", serde_json::json!({ "results": rows }));
-    } else {
-        println!("{}", render_matrix(rows));
-        for r in rows {
-            if let Some(why) = &r.reason {
-                println!("  {} -> {}: {}: {why}", r.from, r.to, r.cell());
-            }
-        }
-    }
-}
-
-/// `xds-server up`.
-pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let work_dir = match &args.work_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("xds-up-{}", std::process::id())),
-    };
-    let cleanup = args.work_dir.is_none();
-    std::fs::create_dir_all(&work_dir)
-        .with_context(|| format!("creating {}", work_dir.display()))?;
-    if args.verbose || crate::logging::requested() {
-        crate::logging::to_stderr("info");
-    } else {
-        let log = work_dir.join("xds-server.log");
-        crate::logging::to_file(&log, "info")?;
-        eprintln!("control plane logs: {} (-v shows them here)", log.display());
-    }
-    // Listen for SIGINT and SIGTERM before anything is started, so every
-    // Envoy is stopped however the runner is asked to end.
-    let mut signals = Signals::new()?;
-    eprintln!(
-        "starting the control plane and sidecars (work dir {})",
-        work_dir.display()
-    );
-    let started = Instant::now();
-    let opts = MeshOptions {
-        paths: args.paths.clone(),
-        work_dir: work_dir.clone(),
-        delta: args.delta,
-        envoy_log_level: args.envoy_log_level.clone(),
-        mesh: args.mesh.mesh_config(),
-        cert_lifetime: crate::ca::DEFAULT_CERT_LIFETIME,
-        test_hooks: false,
-        envoy_bin: None,
-    };
-    let mut mesh = tokio::select! {
-        m = LocalMesh::start(opts) => m?,
-        _ = signals.recv() => bail!("interrupted while starting"),
-    };
-    eprintln!(
-        "{} sidecar(s) started; waiting for every Envoy to acknowledge its config",
-        mesh.sidecar_count()
-    );
-    let result = tokio::select! {
-        r = run_up(&mut mesh, &args, started) => r,
-        _ = signals.recv() => {
-            eprintln!("stopping");
-            Ok(ExitCode::SUCCESS)
-        }
-    };
-    mesh.stop().await;
-    // A temporary work dir goes away after a good run; after a failed one
-    // its logs are what the user needs next.
-    let succeeded = matches!(&result, Ok(code) if *code == ExitCode::SUCCESS);
-    if cleanup && succeeded {
-        let _ = std::fs::remove_dir_all(&work_dir);
-    } else if cleanup {
-        eprintln!("kept {} for its logs", work_dir.display());
-    }
-    result
-}
-
-/// SIGINT (Ctrl-C) and SIGTERM.
-struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-}
-
-async fn run_up(mesh: &mut LocalMesh, args: &UpArgs, started: Instant) -> anyhow::Result<ExitCode> {
-    if let Err(e) = mesh.converge(args.timeout).await {
-        eprintln!("error: {e:#}");
-        return Ok(ExitCode::FAILURE);
-    }
-    let rows = mesh
-        .probe_matrix(args.from.as_deref(), args.to.as_deref())
-        .await?;
-    eprintln!(
-        "converged; first matrix after {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
-    print_results(&rows, args.json);
-    if args.once {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "watching {} for changes; Ctrl-C to stop",
-        args.paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let mut changes = mesh.server.snapshots.changes();
-    loop {
-        tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    bail!("the control plane stopped");
-                }
-                mesh.reconcile().await?;
-                match mesh.converge(args.timeout).await {
-                    Ok(()) => {
-                        let rows = mesh.probe_matrix(args.from.as_deref(), args.to.as_deref()).await?;
-                        eprintln!("config changed (generation {})", *changes.borrow_and_update());
-                        print_results(&rows, args.json);
-                    }
-                    Err(e) => eprintln!("error: {e:#}"),
-                }
-            }
-        }
-    }
 }

@@ -8,13 +8,18 @@
 //! ended ([`probe`]).
 
 mod admin;
+mod capture_probe;
 pub mod echo;
 #[cfg(test)]
 mod echo_probe_tests;
 pub mod envoy;
 pub mod explain;
+pub mod matrix;
 pub mod mesh;
+pub mod netns;
+pub mod pods;
 pub mod probe;
 pub mod selector;
 #[cfg(test)]
 mod test_support;
+pub mod up;

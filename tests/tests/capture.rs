@@ -1,0 +1,115 @@
+//! `up --capture iptables` on this machine: every workload a pod in its own
+//! network namespace, sidecars with Istio's iptables capture and the
+//! REDIRECT layout, Envoy as uid 1337, the article's curl inside the
+//! client's pod. The article's four stages give the same 36 cells as the
+//! explicit-bind layout; a TCP service and a port no Service targets follow
+//! STRICT, PERMISSIVE and DISABLE. Needs root and Envoy (`require_root`,
+//! `require_envoy`).
+
+use e2e::mesh::{STAGE0, STAGE1, STAGE2, STAGE3, assert_matrix, captured_matrix};
+use std::path::PathBuf;
+use xds_server::runner::mesh::{ProbeRow, render_matrix};
+
+fn article(test: &str, stage: Option<&str>, expected: [[&str; 3]; 3]) {
+    let mut paths = vec![PathBuf::from("examples/article/base")];
+    paths.extend(stage.map(PathBuf::from));
+    let Some(rows) = captured_matrix(test, &paths, "app=sleep", "app=httpbin") else {
+        return;
+    };
+    assert_matrix(&rows, expected);
+}
+
+#[test]
+fn captured_stage_0_default_is_permissive_with_auto_mtls() {
+    article(
+        "captured_stage_0_default_is_permissive_with_auto_mtls",
+        None,
+        STAGE0,
+    );
+}
+
+#[test]
+fn captured_stage_1_mesh_strict_resets_legacy_clients() {
+    article(
+        "captured_stage_1_mesh_strict_resets_legacy_clients",
+        Some("examples/article/mesh-strict"),
+        STAGE1,
+    );
+}
+
+#[test]
+fn captured_stage_2_namespace_strict_resets_legacy_to_foo_only() {
+    article(
+        "captured_stage_2_namespace_strict_resets_legacy_to_foo_only",
+        Some("examples/article/namespace-strict"),
+        STAGE2,
+    );
+}
+
+#[test]
+fn captured_stage_3_workload_strict_resets_legacy_to_bar_only() {
+    article(
+        "captured_stage_3_workload_strict_resets_legacy_to_bar_only",
+        Some("examples/article/workload-strict"),
+        STAGE3,
+    );
+}
+
+/// sleep.{foo,legacy} -> [tcp-echo.foo:9000 (TCP Service), tcp-echo-0.foo:9100
+/// (the pod's port no Service targets)].
+fn tcp_and_passthrough(test: &str, stage: &str, expected: [[&str; 2]; 2]) {
+    let paths = [
+        PathBuf::from("examples/tcp-passthrough/base"),
+        PathBuf::from(stage),
+    ];
+    let Some(rows) = captured_matrix(test, &paths, "app=sleep", "app=tcp-echo") else {
+        return;
+    };
+    let cell = |from: &str, to: &str| {
+        rows.iter()
+            .find(|r| r.from == from && r.to == to)
+            .map(ProbeRow::cell)
+            .unwrap_or_else(|| "missing".into())
+    };
+    let got = [
+        [
+            cell("sleep.foo", "tcp-echo.foo:9000"),
+            cell("sleep.foo", "tcp-echo-0.foo:9100"),
+        ],
+        [
+            cell("sleep.legacy", "tcp-echo.foo:9000"),
+            cell("sleep.legacy", "tcp-echo-0.foo:9100"),
+        ],
+    ];
+    assert_eq!(got, expected, "{stage}:\n{}", render_matrix(&rows));
+    assert_eq!(rows.len(), 4, "{}", render_matrix(&rows));
+}
+
+#[test]
+fn captured_tcp_service_and_passthrough_port_under_strict() {
+    tcp_and_passthrough(
+        "captured_tcp_service_and_passthrough_port_under_strict",
+        "examples/tcp-passthrough/strict",
+        // A sidecar client reaches a pod port through PassthroughCluster,
+        // in plaintext: STRICT closes it, as in Istio.
+        [["200 mTLS", "reset"], ["reset", "reset"]],
+    );
+}
+
+#[test]
+fn captured_tcp_service_and_passthrough_port_under_permissive() {
+    tcp_and_passthrough(
+        "captured_tcp_service_and_passthrough_port_under_permissive",
+        "examples/tcp-passthrough/permissive",
+        [["200 mTLS", "200 plain"], ["200 plain", "200 plain"]],
+    );
+}
+
+#[test]
+fn captured_tcp_service_and_passthrough_port_under_disable() {
+    tcp_and_passthrough(
+        "captured_tcp_service_and_passthrough_port_under_disable",
+        "examples/tcp-passthrough/disable",
+        [["200 plain", "200 plain"], ["200 plain", "200 plain"]],
+    );
+}
