@@ -280,6 +280,20 @@ pub struct ServeArgs {
     /// With --kube: the audience a pod's token must be issued for (checked with TokenReview); may repeat.
     #[arg(long, env = "XDS_TOKEN_AUDIENCE", value_delimiter = ',', default_value = crate::enroll::DEFAULT_AUDIENCE)]
     pub token_audience: Vec<String>,
+    /// With --kube: also serve the sidecar injection webhook (POST /inject, AdmissionReview v1) on --ca-addr, for the MutatingWebhookConfiguration in deploy/: pods are injected at creation as `xds-server inject` rewrites manifests.
+    #[arg(long, env = "XDS_INJECT_WEBHOOK")]
+    pub inject_webhook: bool,
+    /// With --inject-webhook: the image with xds-server (and iptables) for the init containers.
+    #[arg(long, env = "XDS_INJECT_IMAGE", default_value_t = crate::inject::template::Settings::default().image)]
+    pub inject_image: String,
+    /// With --inject-webhook: the Envoy image of the istio-proxy container.
+    #[arg(long, env = "XDS_INJECT_PROXY_IMAGE", default_value_t = crate::inject::template::Settings::default().proxy_image)]
+    pub inject_proxy_image: String,
+    /// With --inject-webhook: the ADS and certificate addresses injected pods use. Default: xds-server.ROOT_NAMESPACE.svc:15010 and :15012.
+    #[arg(long, env = "XDS_INJECT_XDS_ADDR")]
+    pub inject_xds_addr: Option<String>,
+    #[arg(long, env = "XDS_INJECT_CA_ADDR", hide = true)]
+    pub inject_ca_addr: Option<String>,
     /// With --kube: lifetime of the bootstrap client certificates the certificate endpoint signs.
     #[arg(long, env = "XDS_BOOTSTRAP_CERT_LIFETIME", default_value = "720h", value_parser = parse_duration)]
     pub bootstrap_cert_lifetime: Duration,
@@ -525,9 +539,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // clap counts the `--kube` flag's default as present, so `requires`
     // cannot say this.
-    if !args.kube && (args.kubeconfig.is_some() || args.ca_secret.is_some()) {
-        bail!("--kubeconfig and --ca-secret need --kube");
+    if !args.kube && (args.kubeconfig.is_some() || args.ca_secret.is_some() || args.inject_webhook)
+    {
+        bail!("--kubeconfig, --ca-secret and --inject-webhook need --kube");
     }
+    let root_ns = &args.mesh.root_namespace;
+    let inject = args
+        .inject_webhook
+        .then(|| crate::inject::template::Settings {
+            image: args.inject_image.clone(),
+            proxy_image: args.inject_proxy_image.clone(),
+            xds_addr: args
+                .inject_xds_addr
+                .clone()
+                .unwrap_or_else(|| format!("xds-server.{root_ns}.svc:15010")),
+            ca_addr: args
+                .inject_ca_addr
+                .clone()
+                .unwrap_or_else(|| format!("xds-server.{root_ns}.svc:15012")),
+            ..crate::inject::template::Settings::default()
+        });
     let mut mesh = args.mesh.mesh_config();
     if args.kube {
         // Pods in a cluster were injected (or not) when they were created.
@@ -541,6 +572,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ca_addr: args.ca_addr,
             token_audiences: args.token_audience.clone(),
             bootstrap_cert_lifetime: args.bootstrap_cert_lifetime,
+            inject: inject.clone(),
         }),
         xds_addr: args.xds_addr,
         debug_addr: args.debug_addr,

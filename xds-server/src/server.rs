@@ -66,6 +66,51 @@ pub struct KubeSource {
     pub token_audiences: Vec<String>,
     /// Lifetime of the bootstrap certificates the endpoint signs.
     pub bootstrap_cert_lifetime: Duration,
+    /// The sidecar injection webhook (`/inject` on the certificate
+    /// endpoint's port) and what it injects; `None`: not served.
+    pub inject: Option<crate::inject::template::Settings>,
+}
+
+/// The injection webhook's route: answers from the current configuration's
+/// namespaces, and with 503 until one is loaded (the API server then fails
+/// the pod's creation rather than start it without its sidecar).
+fn inject_route(
+    snapshots: Arc<Snapshots>,
+    settings: crate::inject::template::Settings,
+) -> enroll::Route {
+    use crate::inject::webhook;
+    let handler = move |body: &[u8]| -> (hyper::StatusCode, Vec<u8>) {
+        let error = |status, message: String| {
+            let body =
+                serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+            (status, body)
+        };
+        let Some(state) = snapshots.state() else {
+            return error(
+                hyper::StatusCode::SERVICE_UNAVAILABLE,
+                "the control plane has not loaded the cluster's configuration yet".into(),
+            );
+        };
+        let namespaces = state
+            .mesh
+            .namespaces
+            .iter()
+            .map(|(name, ns)| (name.clone(), ns.labels.clone()))
+            .collect();
+        match webhook::review(body, &namespaces, &settings) {
+            Ok(answer) => match serde_json::to_vec(&answer) {
+                Ok(bytes) => (hyper::StatusCode::OK, bytes),
+                Err(e) => error(hyper::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+            Err(e) => error(hyper::StatusCode::BAD_REQUEST, e),
+        }
+    };
+    enroll::Route {
+        path: webhook::INJECT_PATH,
+        // The API server sends pods of up to about 1.5 MB.
+        max_request_bytes: 4 * 1024 * 1024,
+        handler: Arc::new(handler),
+    }
 }
 
 /// How the xDS listener proves who its clients are.
@@ -394,12 +439,31 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             kube.bootstrap_cert_lifetime,
         ));
         let tls = xds_tls::enroll_server_config(cert.clone())?;
-        tasks.push(enroll::serve(listener, tls, enroller, shutdown.requested()));
+        let route = kube
+            .inject
+            .clone()
+            .map(|settings| inject_route(snapshots.clone(), settings));
+        tasks.push(enroll::serve_with(
+            listener,
+            tls,
+            enroller,
+            route,
+            shutdown.requested(),
+        ));
         // Pods trust the root through the ConfigMap Istio's pods mount.
         tasks.push(crate::ca::publish_root(
             client.clone(),
             ca.root_pem().to_string(),
         ));
+        // The API server trusts the injection webhook through its
+        // configuration's caBundle.
+        if kube.inject.is_some() {
+            tasks.push(crate::ca::patch_webhook_ca(
+                client.clone(),
+                crate::ca::INJECTOR_WEBHOOK.to_string(),
+                ca.root_pem().to_string(),
+            ));
+        }
     }
     match opts.xds_security {
         XdsSecurity::MutualTls => {

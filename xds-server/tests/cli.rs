@@ -360,3 +360,29 @@ fn bootstrap_sets_the_interception_mode_that_selects_the_layout() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("TPROXY is not supported"), "{text}");
 }
+
+#[test]
+fn the_deployments_arguments_are_ones_serve_accepts() {
+    use clap::Parser;
+    let text = std::fs::read_to_string(root().join("deploy/30-deployment.yaml"))
+        .expect("deploy/30-deployment.yaml");
+    let deployment: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_sequence()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("a string").to_string())
+        .collect();
+    assert!(args.contains(&"--inject-webhook".to_string()), "{args:?}");
+    let cli = xds_server::cli::Cli::try_parse_from(
+        std::iter::once("xds-server".to_string()).chain(args.iter().cloned()),
+    )
+    .unwrap_or_else(|e| panic!("deploy/30-deployment.yaml's args: {e}"));
+    match cli.command {
+        xds_server::cli::Command::Serve(s) => {
+            assert!(s.kube && s.inject_webhook);
+            assert_eq!(s.inject_proxy_image, "envoyproxy/envoy:v1.40.0");
+        }
+        other => panic!("not serve: {other:?}"),
+    }
+}

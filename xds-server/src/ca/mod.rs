@@ -19,12 +19,14 @@ mod publish;
 mod sds;
 mod secret;
 mod store;
+mod webhook_ca;
 mod x509;
 
 pub use cert::{SecretString, WorkloadCert};
 pub use publish::{ROOT_CONFIGMAP, ROOT_CONFIGMAP_KEY, publish_root, root_configmap};
 pub use sds::{ROOT_SECRET, WORKLOAD_SECRET, sds_resources};
 pub use store::write_atomically;
+pub use webhook_ca::{INJECTOR_WEBHOOK, ca_bundle_patch, patch_webhook_ca};
 pub use x509::CLOCK_SKEW;
 
 use x509::{cert_time, random_serial, serial_hex};

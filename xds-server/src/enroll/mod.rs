@@ -35,7 +35,7 @@ mod tests;
 
 pub use client::{Enrolled, enroll};
 pub use review::{KubeTokenReviewer, ReviewError, TokenReviewer, identity_of_user};
-pub use server::{Enroller, serve};
+pub use server::{Enroller, Route, serve, serve_with};
 
 use serde::{Deserialize, Serialize};
 

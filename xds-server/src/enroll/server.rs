@@ -125,11 +125,35 @@ fn refuse(status: StatusCode, error: String) -> (StatusCode, Vec<u8>) {
     (status, body)
 }
 
+/// Answers a request body with a status and a JSON body.
+pub type Handler = Arc<dyn Fn(&[u8]) -> (StatusCode, Vec<u8>) + Send + Sync>;
+
+/// Another path the endpoint's port answers, with its own body limit: the
+/// sidecar injection webhook (`inject::webhook`). Kept a plain handler so
+/// this module does not depend on what it serves.
+#[derive(Clone)]
+pub struct Route {
+    pub path: &'static str,
+    pub max_request_bytes: usize,
+    pub handler: Handler,
+}
+
 /// Serves the endpoint on `listener` with `tls` until `stop` completes.
 pub fn serve(
     listener: TcpListener,
     tls: rustls::ServerConfig,
     enroller: Arc<Enroller>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    serve_with(listener, tls, enroller, None, stop)
+}
+
+/// [`serve`], answering `extra` too.
+pub fn serve_with(
+    listener: TcpListener,
+    tls: rustls::ServerConfig,
+    enroller: Arc<Enroller>,
+    extra: Option<Route>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
@@ -155,6 +179,7 @@ pub fn serve(
             };
             let acceptor = acceptor.clone();
             let enroller = Arc::clone(&enroller);
+            let extra = extra.clone();
             tokio::spawn(async move {
                 let _slot = slot;
                 let served = tokio::time::timeout(CONNECTION_TIMEOUT, async {
@@ -173,8 +198,15 @@ pub fn serve(
                     };
                     let service = hyper::service::service_fn(move |req| {
                         let enroller = Arc::clone(&enroller);
+                        let extra = extra.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(handle(&enroller, req, remote).await)
+                            let response = match &extra {
+                                Some(route) if req.uri().path() == route.path => {
+                                    handle_route(route, req).await
+                                }
+                                _ => handle(&enroller, req, remote).await,
+                            };
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     });
                     if let Err(error) = hyper::server::conn::http1::Builder::new()
@@ -241,6 +273,29 @@ async fn handle(
             .answer(authorization.as_deref(), &body, remote)
             .await,
     )
+}
+
+async fn handle_route(route: &Route, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return reply(refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{} takes POST", route.path),
+        ));
+    }
+    match Limited::new(req.into_body(), route.max_request_bytes)
+        .collect()
+        .await
+    {
+        Ok(b) => reply((route.handler)(&b.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => reply(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request is over {} bytes", route.max_request_bytes),
+        )),
+        Err(e) => reply(refuse(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request: {e}"),
+        )),
+    }
 }
 
 fn reply((status, body): (StatusCode, Vec<u8>)) -> Response<Full<Bytes>> {

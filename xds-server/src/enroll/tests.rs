@@ -243,6 +243,10 @@ impl Drop for AbortOnDrop {
 }
 
 async fn endpoint(unavailable: bool) -> Endpoint {
+    endpoint_with(unavailable, None).await
+}
+
+async fn endpoint_with(unavailable: bool, route: Option<Route>) -> Endpoint {
     let dir = TempDir::new("enroll");
     let ca = Arc::new(CertificateAuthority::load_or_create(dir.root(), TRUST_DOMAIN).expect("CA"));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -273,7 +277,7 @@ async fn endpoint(unavailable: bool) -> Endpoint {
         Duration::from_secs(3600),
     ));
     let tls = xds_tls::enroll_server_config(cert).expect("TLS config");
-    let server = serve(listener, tls, enroller, futures::future::pending());
+    let server = serve_with(listener, tls, enroller, route, futures::future::pending());
     Endpoint {
         _dir: dir,
         ca,
@@ -425,4 +429,108 @@ async fn malformed_requests_get_a_status_and_a_reason() {
         "{}",
         String::from_utf8_lossy(&body)
     );
+}
+
+/// `POST path` with `body` over TLS as the API server calls a webhook:
+/// trusting only our root, checking the Service's name.
+async fn post(e: &Endpoint, path: &str, body: &[u8]) -> (StatusCode, Value) {
+    use hyper_util::rt::TokioIo;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(e.ca.root_pem().as_bytes()) {
+        roots.add(cert.expect("root PEM")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(e.addr)
+        .await
+        .expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            ServerName::try_from("xds-server.istio-system.svc").expect("name"),
+            tcp,
+        )
+        .await
+        .expect("TLS with the Service's name");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP");
+    let driver = tokio::spawn(conn);
+    let request = Request::post(path)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::copy_from_slice(body)))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    driver.abort();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn the_injection_webhook_answers_admission_reviews_on_the_endpoint_port() {
+    use crate::inject::{template::Settings, webhook};
+    let namespaces = BTreeMap::from([(
+        "foo".to_string(),
+        translator::model::Labels::from([("istio-injection".to_string(), "enabled".to_string())]),
+    )]);
+    let route = Route {
+        path: webhook::INJECT_PATH,
+        max_request_bytes: 64 * 1024,
+        handler: Arc::new(move |body: &[u8]| {
+            match webhook::review(body, &namespaces, &Settings::default()) {
+                Ok(v) => (StatusCode::OK, serde_json::to_vec(&v).unwrap_or_default()),
+                Err(e) => (
+                    StatusCode::BAD_REQUEST,
+                    serde_json::to_vec(&json!({"error": e})).unwrap_or_default(),
+                ),
+            }
+        }),
+    };
+    let e = endpoint_with(false, Some(route)).await;
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "u-1",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "namespace": "foo",
+            "operation": "CREATE",
+            "object": {"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"generateName": "sleep-", "labels": {"app": "sleep"}},
+                       "spec": {"containers": [{"name": "sleep", "image": "curl"}]}}
+        }
+    });
+    let (status, answer) = post(&e, "/inject", &serde_json::to_vec(&review).expect("JSON")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    // Not an AdmissionReview: 400 with the reason.
+    let (status, answer) = post(&e, "/inject", b"{}").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("AdmissionReview")),
+        "{answer}"
+    );
+    // The certificate path is still the certificate endpoint's.
+    let (status, _) = post(&e, CERTIFICATE_PATH, b"{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }

@@ -19,6 +19,7 @@
 //! excludeOutboundIPRanges}` passed to `xds-server iptables`.
 
 pub mod template;
+pub mod webhook;
 
 use crate::capture::rules::{InboundPorts, Ipv4Cidr, parse_ports};
 use serde_json::{Map, Value, json};
