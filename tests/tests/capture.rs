@@ -113,3 +113,83 @@ fn captured_tcp_service_and_passthrough_port_under_disable() {
         [["200 plain", "200 plain"], ["200 plain", "200 plain"]],
     );
 }
+
+/// A policy added and then deleted in a running captured mesh: the matrix
+/// follows, over ADS only (same connections, no Envoy restarted).
+#[test]
+fn captured_policy_added_then_deleted_changes_the_matrix_without_restarting_envoy() {
+    use e2e::mesh::{CONVERGE, article_matrix, assert_no_envoy_restarted, options, record_envoys};
+    use std::time::{Duration, Instant};
+    let test = "captured_policy_added_then_deleted_changes_the_matrix_without_restarting_envoy";
+    if !e2e::require_root(test) {
+        return;
+    }
+    let scratch = e2e::ScratchDir::new(test).expect("scratch dir");
+    let config = scratch.path().join("config");
+    std::fs::create_dir_all(&config).expect("config dir");
+    let base = e2e::workspace_root().join("examples/article/base");
+    for entry in std::fs::read_dir(&base).expect("base").flatten() {
+        std::fs::copy(entry.path(), config.join(entry.file_name())).expect("copy");
+    }
+    let Some(mut opts) = options(
+        test,
+        std::slice::from_ref(&config),
+        scratch.path().join("work"),
+    ) else {
+        return;
+    };
+    let node = xds_server::runner::pods::Node::create().expect("node namespace");
+    opts.capture = Some(std::sync::Arc::clone(&node));
+    node.run(move || async move {
+        let mut mesh = xds_server::runner::mesh::LocalMesh::start(opts)
+            .await
+            .expect("starts");
+        mesh.converge(CONVERGE).await.expect("converges");
+        assert_matrix(&article_matrix(&mesh).await, STAGE0);
+        let conns = |mesh: &xds_server::runner::mesh::LocalMesh| -> Vec<u64> {
+            mesh.server
+                .registry
+                .snapshot()
+                .iter()
+                .map(|c| c.id)
+                .collect()
+        };
+        let before = conns(&mesh);
+        let envoys = record_envoys(&mesh).await;
+        let change = |mesh: &xds_server::runner::mesh::LocalMesh| {
+            let snapshots = mesh.server.snapshots.clone();
+            let generation = snapshots.generation();
+            async move {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while snapshots.generation() == generation {
+                    assert!(Instant::now() < deadline, "config change was not picked up");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        let policy = config.join("mesh-strict.yaml");
+        let picked_up = change(&mesh);
+        std::fs::copy(
+            e2e::workspace_root().join("examples/article/mesh-strict/peer-authentication.yaml"),
+            &policy,
+        )
+        .expect("add the policy");
+        picked_up.await;
+        mesh.reconcile().await.expect("reconciles");
+        mesh.converge(CONVERGE)
+            .await
+            .expect("converges after adding");
+        assert_matrix(&article_matrix(&mesh).await, STAGE1);
+        let picked_up = change(&mesh);
+        std::fs::remove_file(&policy).expect("delete the policy");
+        picked_up.await;
+        mesh.converge(CONVERGE)
+            .await
+            .expect("converges after deleting");
+        assert_matrix(&article_matrix(&mesh).await, STAGE0);
+        assert_eq!(conns(&mesh), before, "no sidecar reconnected");
+        assert_no_envoy_restarted(&mut mesh, &envoys).await;
+        mesh.stop().await;
+    })
+    .expect("the node's runtime");
+}
