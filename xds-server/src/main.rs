@@ -25,6 +25,10 @@ async fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Up(args) => xds_server::runner::mesh::up(args).await,
+        Command::Explain(args) => cli::explain(args).await.map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

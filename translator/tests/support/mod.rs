@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests of the translator.
 #![allow(dead_code)]
 
+pub mod dr;
 pub mod sim;
 
 use std::path::{Path, PathBuf};
