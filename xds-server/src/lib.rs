@@ -10,6 +10,7 @@ pub mod cli;
 pub mod debug;
 pub mod enroll;
 pub mod identity;
+pub mod load;
 pub mod logging;
 pub mod runner;
 pub mod server;
