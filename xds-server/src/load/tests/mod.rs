@@ -1,12 +1,15 @@
 //! Tests of the load generator's sidecar: its bookkeeping on hand-made
-//! responses (`machine.rs`).
+//! responses (`machine.rs`), and against the real server (`server.rs`).
 
 mod machine;
+mod server;
 
 use super::delta::Delta;
 use super::follow;
 use super::protocol::{Handled, Protocol};
+use super::proxy;
 use super::sotw::Sotw;
+use crate::ca::CertificateAuthority;
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
@@ -27,6 +30,8 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 use translator::ResourceType;
 
 const NODE: &str = "sidecar~10.0.0.1~a-0.foo~foo.svc.cluster.local";
