@@ -32,6 +32,7 @@ pub struct BenchOptions {
     pub sync_timeout: Duration,
     pub quiet: Duration,
     pub change_timeout: Duration,
+    pub connect_timeout: Duration,
 }
 
 /// One finished run, with where its server logged.
@@ -91,6 +92,7 @@ pub async fn bench(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRun>> {
             change_timeout: opts.change_timeout,
             server_pid: Some(server.pid()),
             backoff: Backoff::DEFAULT,
+            connect_timeout: opts.connect_timeout,
         };
         let outcome = run(&run_opts).await;
         // Stopped whatever the run's outcome.

@@ -80,6 +80,9 @@ pub struct Timing {
     /// The longest a change may take to settle.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     pub change_timeout: Duration,
+    /// How long a sidecar's connection (TCP and TLS) may take before it is reset; default: the bootstrap's xDS cluster connect_timeout.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +189,7 @@ pub async fn main(cli: LoadCli) -> anyhow::Result<()> {
                 change_timeout: args.timing.change_timeout,
                 server_pid: args.server_pid,
                 backoff: Backoff::DEFAULT,
+                connect_timeout: args.timing.connect_timeout,
             };
             let report = run(&opts).await?;
             print!("{}", report::table(std::slice::from_ref(&report)));
@@ -224,6 +228,7 @@ pub async fn main(cli: LoadCli) -> anyhow::Result<()> {
                 sync_timeout: args.timing.sync_timeout,
                 quiet: args.timing.quiet,
                 change_timeout: args.timing.change_timeout,
+                connect_timeout: args.timing.connect_timeout,
             };
             let runs = bench(&opts).await?;
             println!(

@@ -58,6 +58,8 @@ pub struct RunOptions {
     /// The server's process, for its memory and CPU.
     pub server_pid: Option<u32>,
     pub backoff: Backoff,
+    /// How long a connection (TCP and TLS) may take.
+    pub connect_timeout: Duration,
 }
 
 /// The sidecars of the mesh in `config_dir`, as the server sees them:
@@ -121,6 +123,7 @@ pub async fn run(opts: &RunOptions) -> anyhow::Result<RunReport> {
         opts.xds_addr,
         &opts.server_name,
         &opts.mesh.root_namespace,
+        opts.connect_timeout,
     )?;
     tracing::info!(
         proxies = proxies.len(),

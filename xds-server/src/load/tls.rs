@@ -19,8 +19,10 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Channel, Endpoint};
 
-/// How long a connection (TCP and TLS) may take before it counts as failed.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection (TCP and TLS) may take before it counts as failed:
+/// the `connect_timeout` of the xDS cluster in the bootstrap `xds-server
+/// bootstrap` writes, so a simulated sidecar gives up when Envoy would.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Lifetime of the client certificates the load generator issues: longer
 /// than any run.
@@ -33,18 +35,21 @@ pub struct TlsConnect {
     trust_domain: String,
     expected_server: Identity,
     clients: BTreeMap<Identity, TlsConnector>,
+    connect_timeout: Duration,
 }
 
 impl TlsConnect {
     /// Issues a client certificate from `ca` for each of `identities`.
     /// `server_name` is the name the server's certificate must carry
-    /// (`localhost` is in every `serve` certificate).
+    /// (`localhost` is in every `serve` certificate); a connection that
+    /// takes longer than `connect_timeout` (TCP and TLS) fails.
     pub fn new<'a>(
         ca: &CertificateAuthority,
         identities: impl IntoIterator<Item = &'a Identity>,
         addr: SocketAddr,
         server_name: &str,
         root_namespace: &str,
+        connect_timeout: Duration,
     ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca.root_pem().as_bytes()) {
@@ -84,6 +89,7 @@ impl TlsConnect {
             trust_domain: ca.trust_domain().to_string(),
             expected_server: server_identity(root_namespace),
             clients,
+            connect_timeout,
         })
     }
 }
@@ -104,7 +110,7 @@ impl Connect for TlsConnect {
         // A fresh channel per attempt: tonic's own reconnecting would hide
         // the resets this generator counts.
         let endpoint =
-            Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(CONNECT_TIMEOUT);
+            Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(self.connect_timeout);
         let channel = endpoint
             .connect_with_connector(tower::service_fn(move |_uri| {
                 let connector = connector.clone();

@@ -420,6 +420,7 @@ async fn a_run_over_mutual_tls_syncs_every_sidecar_and_measures_each_change() {
         change_timeout: DEADLINE,
         server_pid: None,
         backoff: fast_backoff(),
+        connect_timeout: crate::load::tls::CONNECT_TIMEOUT,
     };
     let report = tokio::time::timeout(DEADLINE * 3, run::run(&opts))
         .await
@@ -470,6 +471,7 @@ async fn changes_need_a_generated_mesh() {
         change_timeout: DEADLINE,
         server_pid: None,
         backoff: fast_backoff(),
+        connect_timeout: crate::load::tls::CONNECT_TIMEOUT,
     };
     let err = run::run(&opts).await.expect_err("no mesh policy file");
     assert!(err.to_string().contains("gen-mesh"), "{err}");
