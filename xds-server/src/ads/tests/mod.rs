@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Streaming};
 use translator::ResourceType;
 use translator::{ProxyResources, Resource, ResourceMap};
 
@@ -222,7 +223,7 @@ pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-pub(super) type Service = AggregatedDiscoveryServiceServer<AdsServer<FakeSource>>;
+pub(super) type Service = AdsService<FakeSource>;
 
 /// A gRPC client calling the server's service directly, in-process.
 pub(super) fn client(server: &AdsServer<FakeSource>) -> AggregatedDiscoveryServiceClient<Service> {

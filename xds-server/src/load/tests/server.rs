@@ -4,7 +4,7 @@
 //! run over mutual TLS with the directory watched and rewritten.
 
 use super::*;
-use crate::ads::{AdsServer, SyncState};
+use crate::ads::{AdsServer, AdsService, SyncState};
 use crate::identity::{Peer, ProxyId};
 use crate::load::meshgen::{self, MeshSpec};
 use crate::load::proxy::{Backoff, Connect, ProxySpec};
@@ -15,7 +15,6 @@ use crate::snapshots::{Settings, Snapshots};
 use crate::source::files::FileLoader;
 use crate::test_support::TempDir;
 use crate::view::ConfigSource;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -148,7 +147,7 @@ fn fast_backoff() -> Backoff {
 struct InProcess(AdsServer<Snapshots>);
 
 impl Connect for InProcess {
-    type Transport = AggregatedDiscoveryServiceServer<AdsServer<Snapshots>>;
+    type Transport = AdsService<Snapshots>;
 
     async fn connect(&self, _proxy: &ProxySpec) -> anyhow::Result<Self::Transport> {
         Ok(self.0.clone().into_service())
@@ -295,7 +294,7 @@ struct FlakyConnect {
 }
 
 impl Connect for FlakyConnect {
-    type Transport = AggregatedDiscoveryServiceServer<AdsServer<Snapshots>>;
+    type Transport = AdsService<Snapshots>;
 
     async fn connect(&self, proxy: &ProxySpec) -> anyhow::Result<Self::Transport> {
         let left = self.fails.load(Ordering::SeqCst);
