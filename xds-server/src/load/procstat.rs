@@ -67,6 +67,27 @@ fn cpu_of_stat(stat: &str, ticks_per_second: u64) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(ticks * 1000 / ticks_per_second))
 }
 
+/// The kernel's count of connections dropped because a listening socket's
+/// accept queue was full (`TcpExt: ListenOverflows` in /proc/net/netstat),
+/// machine-wide since boot.
+pub fn listen_overflows() -> Option<u64> {
+    netstat_counter(
+        &std::fs::read_to_string("/proc/net/netstat").ok()?,
+        "TcpExt:",
+        "ListenOverflows",
+    )
+}
+
+/// A counter of /proc/net/netstat: a line of names, then one of values,
+/// both starting with `prefix`.
+fn netstat_counter(text: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let names = lines.next()?;
+    let values = lines.next()?;
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// CPU (user + system) this process used so far.
 pub fn own_cpu() -> Duration {
     match getrusage(UsageWho::RUSAGE_SELF) {
@@ -120,6 +141,18 @@ mod tests {
         assert_eq!(status_kib(status, "VmRSS:").expect("rss"), 1024);
         assert_eq!(status_kib(status, "VmHWM:").expect("hwm"), 2048);
         assert!(status_kib(status, "VmSwap:").is_err());
+    }
+
+    #[test]
+    fn netstat_counters_are_found_by_name() {
+        let text = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 1 42 43\n\
+                    IpExt: ListenOverflows\nIpExt: 7\n";
+        assert_eq!(
+            netstat_counter(text, "TcpExt:", "ListenOverflows"),
+            Some(42)
+        );
+        assert_eq!(netstat_counter(text, "IpExt:", "ListenOverflows"), Some(7));
+        assert_eq!(netstat_counter(text, "TcpExt:", "Nope"), None);
     }
 
     #[test]

@@ -130,7 +130,7 @@ async fn stream_once<P: Protocol, C: Connect>(
     };
     let transport = match connector.connect(proxy).await {
         Ok(t) => t,
-        Err(error) => return failed(format!("connect: {error:#}")),
+        Err(error) => return failed(format!("connect: {}", error.root_cause())),
     };
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     for request in protocol.open() {

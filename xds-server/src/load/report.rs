@@ -101,6 +101,10 @@ pub struct RunReport {
     /// many proxies had one.
     pub connect_resets: u32,
     pub proxies_reset: usize,
+    /// Connections the kernel dropped from a full accept queue while the
+    /// proxies connected (machine-wide; nothing else on a benchmark
+    /// machine connects in bursts).
+    pub listen_overflows: Option<u64>,
     /// Why the proxies reset during connect last were, and how many.
     pub reset_reasons: BTreeMap<String, usize>,
     /// Median over proxies of the bytes received until synced, in total
@@ -246,6 +250,10 @@ pub fn table(runs: &[RunReport]) -> String {
     });
     row("resets during connect (proxies)", &|r| {
         format!("{} ({})", r.connect_resets, r.proxies_reset)
+    });
+    row("kernel accept-queue overflows during connect", &|r| {
+        r.listen_overflows
+            .map_or_else(|| "-".to_string(), |n| n.to_string())
     });
     row("bytes per full push (per proxy)", &|r| {
         bytes(r.full_push_bytes)

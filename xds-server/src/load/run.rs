@@ -159,6 +159,7 @@ pub async fn run_with<C: Connect>(
         opts.server_pid.map(procstat::read).transpose()
     };
     let idle = server_stats()?;
+    let overflows_before = procstat::listen_overflows();
     let load_cpu_before = procstat::own_cpu();
     let recorder = Arc::new(Recorder::new(proxies.len()));
     let (stop, stopped) = watch::channel(false);
@@ -200,6 +201,9 @@ pub async fn run_with<C: Connect>(
         ..RunReport::default()
     };
     report::sync_numbers(&recorder.snapshot(), sync_end, &mut report);
+    report.listen_overflows = overflows_before
+        .zip(procstat::listen_overflows())
+        .map(|(before, after)| after.saturating_sub(before));
     tracing::info!(
         synced = report.synced,
         proxies = report.proxies,

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -107,21 +108,28 @@ impl Connect for TlsConnect {
         let name = self.server_name.clone();
         let trust_domain = self.trust_domain.clone();
         let expected = self.expected_server.clone();
+        let timeout = self.connect_timeout;
         // A fresh channel per attempt: tonic's own reconnecting would hide
-        // the resets this generator counts.
-        let endpoint =
-            Endpoint::from_shared(format!("http://{addr}"))?.connect_timeout(self.connect_timeout);
-        let channel = endpoint
+        // the resets this generator counts. The deadline covers TCP and
+        // TLS together, as Envoy's connect_timeout does; each phase says
+        // which one ran out, so a reset tells a full accept backlog (TCP)
+        // from a busy server (TLS).
+        let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_with_connector(tower::service_fn(move |_uri| {
                 let connector = connector.clone();
                 let name = name.clone();
                 let trust_domain = trust_domain.clone();
                 let expected = expected.clone();
                 async move {
-                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    let deadline = tokio::time::Instant::now() + timeout;
+                    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
+                        .await
+                        .map_err(|_| timed_out("TCP connect", timeout))??;
                     // Many small requests: do not wait to fill packets.
                     tcp.set_nodelay(true)?;
-                    let tls = connector.connect(name, tcp).await?;
+                    let tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+                        .await
+                        .map_err(|_| timed_out("TLS handshake", timeout))??;
                     check_server(&tls, &trust_domain, &expected).map_err(std::io::Error::other)?;
                     Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
                 }
@@ -132,10 +140,20 @@ impl Connect for TlsConnect {
     }
 }
 
+fn timed_out(phase: &str, timeout: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "{phase} not done within the {} connect timeout",
+            humantime::format_duration(timeout)
+        ),
+    )
+}
+
 /// The server's certificate must carry the control plane's SPIFFE ID (the
 /// chain and the name were checked by the handshake).
 fn check_server(
-    tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tls: &tokio_rustls::client::TlsStream<TcpStream>,
     trust_domain: &str,
     expected: &Identity,
 ) -> anyhow::Result<()> {
