@@ -10,8 +10,8 @@
 //! services (the CDS response), measured as two thirds of the server's
 //! memory with hundreds of sidecars connected (BENCHMARKS.md).
 
-use super::{AdsServer, ResponseStream};
-use crate::view::ConfigSource;
+use super::queue::ResponseStream;
+use crate::identity::Peer;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -24,8 +24,9 @@ use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http::{self, HeaderMap, HeaderValue, header};
+use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
-use tonic::{Code, Status};
+use tonic::{Code, Extensions, Status};
 use tonic_prost::ProstCodec;
 
 /// The gRPC service name, for routing.
@@ -38,32 +39,44 @@ const DELTA_PATH: &str =
 /// The length-prefixed message header: a compression flag and a length.
 const HEADER_SIZE: usize = 5;
 
-/// The ADS server as a gRPC service (see [`AdsServer::into_service`]).
-pub struct AdsService<S: ConfigSource> {
-    server: AdsServer<S>,
+/// What the wire layer needs of the ADS server (`AdsServer` implements
+/// it): its size limits, how a stream's peer is resolved, and how each
+/// variant's stream is started.
+pub trait Streams: Clone + Send + 'static {
+    fn max_request_bytes(&self) -> usize;
+    fn max_response_bytes(&self) -> usize;
+    fn peer(&self, metadata: &MetadataMap, extensions: &Extensions) -> Peer;
+    fn sotw(
+        &self,
+        requests: Streaming<DiscoveryRequest>,
+        peer: Peer,
+    ) -> ResponseStream<DiscoveryResponse>;
+    fn delta(
+        &self,
+        requests: Streaming<DeltaDiscoveryRequest>,
+        peer: Peer,
+    ) -> ResponseStream<DeltaDiscoveryResponse>;
 }
 
-impl<S: ConfigSource> AdsService<S> {
-    pub(super) fn new(server: AdsServer<S>) -> Self {
-        AdsService { server }
+/// The ADS server as a gRPC service.
+#[derive(Clone)]
+pub struct AdsService<T: Streams> {
+    streams: T,
+}
+
+impl<T: Streams> AdsService<T> {
+    pub fn new(streams: T) -> Self {
+        AdsService { streams }
     }
 }
 
-impl<S: ConfigSource> Clone for AdsService<S> {
-    fn clone(&self) -> Self {
-        AdsService {
-            server: self.server.clone(),
-        }
-    }
-}
-
-impl<S: ConfigSource> NamedService for AdsService<S> {
+impl<T: Streams> NamedService for AdsService<T> {
     const NAME: &'static str = SERVICE;
 }
 
-impl<S, B> tower::Service<http::Request<B>> for AdsService<S>
+impl<T, B> tower::Service<http::Request<B>> for AdsService<T>
 where
-    S: ConfigSource,
+    T: Streams,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
 {
@@ -78,27 +91,21 @@ where
     /// Opening a stream only spawns its task: nothing to wait for here.
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let response = match request.uri().path() {
-            SOTW_PATH => self.open::<DiscoveryRequest, DiscoveryResponse, B>(
-                request,
-                |server, requests, peer| server.serve_sotw(requests, peer),
-            ),
-            DELTA_PATH => self.open::<DeltaDiscoveryRequest, DeltaDiscoveryResponse, B>(
-                request,
-                |server, requests, peer| server.serve_delta(requests, peer),
-            ),
+            SOTW_PATH => self.open(request, T::sotw),
+            DELTA_PATH => self.open(request, T::delta),
             path => Status::unimplemented(format!("no method {path}")).into_http(),
         };
         std::future::ready(Ok(response))
     }
 }
 
-impl<S: ConfigSource> AdsService<S> {
+impl<T: Streams> AdsService<T> {
     /// Decodes the request stream, starts the stream's task with `serve`,
     /// and answers with a body that frames its responses.
     fn open<Req, Resp, B>(
         &self,
         request: http::Request<B>,
-        serve: impl FnOnce(&AdsServer<S>, Streaming<Req>, crate::identity::Peer) -> ResponseStream<Resp>,
+        serve: impl FnOnce(&T, Streaming<Req>, Peer) -> ResponseStream<Resp>,
     ) -> http::Response<Body>
     where
         Req: prost::Message + Default + Send + 'static,
@@ -116,8 +123,8 @@ impl<S: ConfigSource> AdsService<S> {
             ))
             .into_http();
         }
-        let limits = self.server.limits();
-        let (max_request, max_response) = (limits.max_request_bytes, limits.max_response_bytes);
+        let max_request = self.streams.max_request_bytes();
+        let max_response = self.streams.max_response_bytes();
         let (parts, body) = request.into_parts();
         let mut codec = ProstCodec::<Resp, Req>::default();
         let requests = Streaming::new_request(codec.decoder(), body, None, Some(max_request));
@@ -125,8 +132,8 @@ impl<S: ConfigSource> AdsService<S> {
         // put the peer's certificate).
         let (metadata, extensions, ()) =
             tonic::Request::from_http(http::Request::from_parts(parts, ())).into_parts();
-        let peer = (self.server.shared.peer_of)(&metadata, &extensions);
-        let responses = serve(&self.server, requests, peer);
+        let peer = self.streams.peer(&metadata, &extensions);
+        let responses = serve(&self.streams, requests, peer);
         let mut response = http::Response::new(Body::new(ResponseBody {
             responses,
             max_response,
@@ -219,20 +226,73 @@ impl<R: prost::Message + Send + 'static> HttpBody for ResponseBody<R> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::queue::response_queue;
     use super::*;
-    use crate::ads::tests::FakeSource;
     use envoy_types::pb::google::protobuf::Any;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
     use tower::ServiceExt;
 
-    fn grpc_status(response: &http::Response<Body>) -> Option<&str> {
-        response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
+    /// Streams whose every SotW stream sends `responses`, then ends with
+    /// `end` (or OK); delta streams end at once.
+    #[derive(Clone)]
+    struct Scripted {
+        responses: Vec<DiscoveryResponse>,
+        end: Option<Status>,
     }
 
-    async fn call(path: &str, encoding: Option<&str>) -> http::Response<Body> {
-        let service = AdsServer::new(FakeSource::new()).into_service();
+    impl Streams for Scripted {
+        fn max_request_bytes(&self) -> usize {
+            1024
+        }
+
+        fn max_response_bytes(&self) -> usize {
+            1024
+        }
+
+        fn peer(&self, _metadata: &MetadataMap, _extensions: &Extensions) -> Peer {
+            Peer::Unauthenticated
+        }
+
+        fn sotw(
+            &self,
+            _requests: Streaming<DiscoveryRequest>,
+            _peer: Peer,
+        ) -> ResponseStream<DiscoveryResponse> {
+            let (tx, rx) = response_queue(16, Duration::from_secs(5));
+            let (responses, end) = (self.responses.clone(), self.end.clone());
+            tokio::spawn(async move {
+                for r in responses {
+                    let _ = tx.send(Ok(r)).await;
+                }
+                if let Some(status) = end {
+                    let _ = tx.send(Err(status)).await;
+                }
+            });
+            rx
+        }
+
+        fn delta(
+            &self,
+            _requests: Streaming<DeltaDiscoveryRequest>,
+            _peer: Peer,
+        ) -> ResponseStream<DeltaDiscoveryResponse> {
+            response_queue(1, Duration::from_secs(5)).1
+        }
+    }
+
+    fn response(version: &str, size: usize) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: version.into(),
+            resources: vec![Any {
+                type_url: "t".into(),
+                value: vec![7; size],
+            }],
+            ..Default::default()
+        }
+    }
+
+    async fn call(streams: Scripted, path: &str, encoding: Option<&str>) -> http::Response<Body> {
         let mut request = http::Request::builder()
             .uri(format!("http://localhost{path}"))
             .header(header::CONTENT_TYPE, "application/grpc");
@@ -240,36 +300,95 @@ mod tests {
             request = request.header("grpc-encoding", encoding);
         }
         let request = request.body(Body::empty()).expect("a request");
-        match service.oneshot(request).await {
+        match AdsService::new(streams).oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     }
 
+    fn status_in(headers: &HeaderMap) -> (Option<&str>, Option<&str>) {
+        let get = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        (get("grpc-status"), get("grpc-message"))
+    }
+
+    fn quiet() -> Scripted {
+        Scripted {
+            responses: Vec::new(),
+            end: None,
+        }
+    }
+
     #[tokio::test]
     async fn an_unknown_method_is_unimplemented() {
-        let response = call(&format!("/{SERVICE}/FetchSecrets"), None).await;
-        assert_eq!(grpc_status(&response), Some("12"));
+        let response = call(quiet(), &format!("/{SERVICE}/FetchSecrets"), None).await;
+        assert_eq!(status_in(response.headers()).0, Some("12"));
     }
 
     #[tokio::test]
     async fn a_compressed_request_stream_is_refused() {
-        let response = call(SOTW_PATH, Some("gzip")).await;
-        assert_eq!(grpc_status(&response), Some("12"));
-        let response = call(DELTA_PATH, Some("identity")).await;
-        assert_eq!(grpc_status(&response), None, "a stream is opened");
+        let response = call(quiet(), SOTW_PATH, Some("gzip")).await;
+        assert_eq!(status_in(response.headers()).0, Some("12"));
+        let response = call(quiet(), DELTA_PATH, Some("identity")).await;
+        assert_eq!(status_in(response.headers()).0, None, "a stream is opened");
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_in_order_and_the_end_is_a_status_in_the_trailers() {
+        let (first, second) = (response("v1", 10), response("v2", 20));
+        for (end, expected) in [
+            (None, (Code::Ok, "")),
+            (
+                Some(Status::resource_exhausted("too slow")),
+                (Code::ResourceExhausted, "too slow"),
+            ),
+        ] {
+            let streams = Scripted {
+                responses: vec![first.clone(), second.clone()],
+                end,
+            };
+            let response = call(streams, SOTW_PATH, None).await;
+            assert_eq!(
+                response.headers().get(header::CONTENT_TYPE),
+                Some(&HeaderValue::from_static("application/grpc"))
+            );
+            let collected =
+                tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+                    .await
+                    .expect("the body ends")
+                    .expect("no body error");
+            let trailers = collected.trailers().cloned().expect("trailers");
+            let status = Status::from_header_map(&trailers).expect("a status");
+            assert_eq!((status.code(), status.message()), expected);
+            let mut expected_bytes = frame(&first, 1024).expect("fits").to_vec();
+            expected_bytes.extend_from_slice(&frame(&second, 1024).expect("fits"));
+            assert_eq!(collected.to_bytes().to_vec(), expected_bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_past_the_limit_ends_the_stream_resource_exhausted() {
+        let streams = Scripted {
+            responses: vec![response("big", 2048), response("never", 1)],
+            end: None,
+        };
+        let collected = call(streams, SOTW_PATH, None)
+            .await
+            .into_body()
+            .collect()
+            .await
+            .expect("no body error");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(status_in(&trailers).0, Some("8"));
+        assert!(collected.to_bytes().is_empty(), "nothing was sent");
     }
 
     #[test]
     fn a_response_is_one_length_prefixed_message_in_a_buffer_of_its_size() {
-        let message = DiscoveryResponse {
-            version_info: "v1".into(),
-            resources: vec![Any {
-                type_url: "t".into(),
-                value: vec![7; 300],
-            }],
-            ..Default::default()
-        };
+        let message = response("v1", 300);
         let len = prost::Message::encoded_len(&message);
         let bytes = frame(&message, 1024).expect("fits");
         assert_eq!(bytes.len(), HEADER_SIZE + len);

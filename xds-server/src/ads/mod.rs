@@ -39,7 +39,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use futures::Stream;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
-use tonic::{Extensions, Status};
+use tonic::{Extensions, Status, Streaming};
 use tracing::Instrument as _;
 
 /// The default [`PeerResolver`]: a [`Peer`] a transport layer put into the
@@ -136,7 +136,7 @@ impl<S: ConfigSource> AdsServer<S> {
     /// check in `Session::send` refuses responses past
     /// [`Limits::max_response_bytes`] with a clear log first; the service
     /// checks again as a backstop.
-    pub fn into_service(self) -> AdsService<S> {
+    pub fn into_service(self) -> AdsService<Self> {
         AdsService::new(self)
     }
 
@@ -177,5 +177,35 @@ impl<S: ConfigSource> AdsServer<S> {
             drive::<S, delta::Delta<S>, In>(Arc::clone(&self.shared), id, requests, tx, peer);
         tokio::spawn(task.instrument(span));
         rx
+    }
+}
+
+impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
+    fn max_request_bytes(&self) -> usize {
+        self.shared.limits.max_request_bytes
+    }
+
+    fn max_response_bytes(&self) -> usize {
+        self.shared.limits.max_response_bytes
+    }
+
+    fn peer(&self, metadata: &MetadataMap, extensions: &Extensions) -> Peer {
+        (self.shared.peer_of)(metadata, extensions)
+    }
+
+    fn sotw(
+        &self,
+        requests: Streaming<DiscoveryRequest>,
+        peer: Peer,
+    ) -> ResponseStream<DiscoveryResponse> {
+        self.serve_sotw(requests, peer)
+    }
+
+    fn delta(
+        &self,
+        requests: Streaming<DeltaDiscoveryRequest>,
+        peer: Peer,
+    ) -> ResponseStream<DeltaDiscoveryResponse> {
+        self.serve_delta(requests, peer)
     }
 }

@@ -223,7 +223,7 @@ pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-pub(super) type Service = AdsService<FakeSource>;
+pub(super) type Service = AdsService<AdsServer<FakeSource>>;
 
 /// A gRPC client calling the server's service directly, in-process.
 pub(super) fn client(server: &AdsServer<FakeSource>) -> AggregatedDiscoveryServiceClient<Service> {

@@ -147,7 +147,7 @@ fn fast_backoff() -> Backoff {
 struct InProcess(AdsServer<Snapshots>);
 
 impl Connect for InProcess {
-    type Transport = AdsService<Snapshots>;
+    type Transport = AdsService<AdsServer<Snapshots>>;
 
     async fn connect(&self, _proxy: &ProxySpec) -> anyhow::Result<Self::Transport> {
         Ok(self.0.clone().into_service())
@@ -294,7 +294,7 @@ struct FlakyConnect {
 }
 
 impl Connect for FlakyConnect {
-    type Transport = AdsService<Snapshots>;
+    type Transport = AdsService<AdsServer<Snapshots>>;
 
     async fn connect(&self, proxy: &ProxySpec) -> anyhow::Result<Self::Transport> {
         let left = self.fails.load(Ordering::SeqCst);
