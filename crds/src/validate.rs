@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::destination_rule::{DestinationRule, TrafficPolicy};
+use crate::destination_rule::{ClientTlsMode, ClientTlsSettings, DestinationRule, TrafficPolicy};
 use crate::peer_authentication::{PeerAuthentication, parse_port};
 use crate::workload_selector::WorkloadSelector;
 
@@ -69,9 +69,11 @@ pub fn peer_authentication(pa: &PeerAuthentication) -> Vec<FieldError> {
     errors
 }
 
-/// Checks a DestinationRule as istiod does for the parts this project uses: a
-/// host, valid `exportTo` entries, valid selector and subset labels, unique named
-/// subsets, and a valid port on every port-level setting.
+/// Checks a DestinationRule as istiod does for the parts this project uses
+/// (`ValidateDestinationRule` in Istio's pkg/config/validation): a host,
+/// valid `exportTo` entries, valid selector and subset labels, unique named
+/// subsets, a valid port on every port-level setting, and client TLS settings
+/// that can be built ([`client_tls`], Istio's `ValidateTLS`).
 pub fn destination_rule(dr: &DestinationRule) -> Vec<FieldError> {
     let spec = &dr.spec;
     let mut errors = Vec::new();
@@ -88,6 +90,7 @@ pub fn destination_rule(dr: &DestinationRule) -> Vec<FieldError> {
             ));
         }
     }
+    export_to_rules(dr, &mut errors);
     if let Some(selector) = &spec.workload_selector {
         selector_labels(selector, "spec.workloadSelector.matchLabels", &mut errors);
     }
@@ -114,6 +117,47 @@ pub fn destination_rule(dr: &DestinationRule) -> Vec<FieldError> {
         }
     }
     errors
+}
+
+/// The rules of Istio's `validateExportTo` on how entries combine: no entry
+/// twice (`.` counts as the rule's own namespace), `*` alone, and a rule with
+/// a `workloadSelector` exported to its own namespace only.
+fn export_to_rules(dr: &DestinationRule, errors: &mut Vec<FieldError>) {
+    let spec = &dr.spec;
+    let own = dr.metadata.namespace.as_deref().unwrap_or("default");
+    let mut seen = BTreeSet::new();
+    for (i, entry) in spec.export_to.iter().enumerate() {
+        let key = if entry == "." { own } else { entry.as_str() };
+        if !seen.insert(key) {
+            errors.push(FieldError::new(
+                format!("spec.exportTo[{i}]"),
+                format!("duplicate entries in exportTo: {entry:?} names {key} again"),
+            ));
+        }
+    }
+    if seen.contains("*") && spec.export_to.len() > 1 {
+        errors.push(FieldError::new(
+            "spec.exportTo",
+            "cannot have both public (*) and non-public exportTo values for a resource",
+        ));
+    }
+    let selected = spec
+        .workload_selector
+        .as_ref()
+        .is_some_and(|s| !s.is_empty());
+    if selected && !seen.is_empty() {
+        if !seen.contains(own) {
+            errors.push(FieldError::new(
+                "spec.exportTo",
+                "destination rule with workload selector cannot have exportTo beyond current namespace",
+            ));
+        } else if seen.len() > 1 {
+            errors.push(FieldError::new(
+                "spec.exportTo",
+                "destination rule with workload selector cannot have multiple entries in exportTo",
+            ));
+        }
+    }
 }
 
 /// Most replicas one Deployment may ask for. Each replica becomes a workload
@@ -250,6 +294,9 @@ fn port_name_problem(name: &str) -> Option<String> {
 }
 
 fn traffic_policy(policy: &TrafficPolicy, path: &str, errors: &mut Vec<FieldError>) {
+    if let Some(tls) = &policy.tls {
+        client_tls(tls, &format!("{path}.tls"), errors);
+    }
     for (i, setting) in policy.port_level_settings.iter().enumerate() {
         let at = format!("{path}.portLevelSettings[{i}].port");
         match setting.port {
@@ -259,6 +306,71 @@ fn traffic_policy(policy: &TrafficPolicy, path: &str, errors: &mut Vec<FieldErro
                 format!("port number {} must be between 1 and 65535", port.number),
             )),
             Some(_) => {}
+        }
+        if let Some(tls) = &setting.tls {
+            client_tls(tls, &format!("{path}.portLevelSettings[{i}].tls"), errors);
+        }
+    }
+}
+
+/// Client TLS settings as Istio's `ValidateTLS` (pkg/config/validation/agent)
+/// checks them: with `insecureSkipVerify`, nothing that would verify the
+/// server may be set; with `credentialName` (SIMPLE or MUTUAL), no file may
+/// be named, since the credentials come from the Secret; otherwise MUTUAL
+/// needs both `clientCertificate` and `privateKey`. An empty string counts as
+/// not set, as it does in Go.
+pub fn client_tls(tls: &ClientTlsSettings, path: &str, errors: &mut Vec<FieldError>) {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    let origination = matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual);
+    if tls.insecure_skip_verify == Some(true) {
+        let mut verifying = Vec::new();
+        if set(&tls.ca_certificates) {
+            verifying.push("caCertificates");
+        }
+        if tls.mode == ClientTlsMode::Simple && set(&tls.credential_name) {
+            verifying.push("credentialName");
+        }
+        if !tls.subject_alt_names.is_empty() {
+            verifying.push("subjectAltNames");
+        }
+        if origination && !verifying.is_empty() {
+            errors.push(FieldError::new(
+                format!("{path}.insecureSkipVerify"),
+                format!(
+                    "cannot specify {} when insecureSkipVerify is true",
+                    verifying.join(" or ")
+                ),
+            ));
+        }
+    }
+    if origination && set(&tls.credential_name) {
+        for (field, value) in [
+            ("clientCertificate", &tls.client_certificate),
+            ("caCertificates", &tls.ca_certificates),
+            ("privateKey", &tls.private_key),
+            ("caCrl", &tls.ca_crl),
+        ] {
+            if set(value) {
+                errors.push(FieldError::new(
+                    format!("{path}.{field}"),
+                    "cannot specify client certificates or CA certificate or CA CRL if credentialName is set",
+                ));
+            }
+        }
+        return;
+    }
+    if tls.mode == ClientTlsMode::Mutual {
+        if !set(&tls.client_certificate) {
+            errors.push(FieldError::new(
+                format!("{path}.clientCertificate"),
+                "client certificate required for mutual tls (or set credentialName)",
+            ));
+        }
+        if !set(&tls.private_key) {
+            errors.push(FieldError::new(
+                format!("{path}.privateKey"),
+                "private key required for mutual tls (or set credentialName)",
+            ));
         }
     }
 }
@@ -516,9 +628,11 @@ mod tests {
 
     #[test]
     fn export_to_accepts_dot_star_tilde_and_namespace_names_only() {
-        let mut spec = dr("h");
-        spec.export_to = [".", "*", "~", "foo", "bar-2"].map(String::from).to_vec();
-        assert_eq!(dr_errors(spec), []);
+        for entries in [&[".", "~", "foo", "bar-2"][..], &["*"]] {
+            let mut spec = dr("h");
+            spec.export_to = entries.iter().map(|e| e.to_string()).collect();
+            assert_eq!(dr_errors(spec), [], "{entries:?}");
+        }
         let mut spec = dr("h");
         spec.export_to = ["Foo", "a.b", "", "-x"].map(String::from).to_vec();
         assert_eq!(
@@ -530,6 +644,29 @@ mod tests {
                 "spec.exportTo[3]"
             ]
         );
+    }
+
+    // Mirrors Istio's TestValidateDestinationRule cases on exportTo
+    // (validateExportTo in pkg/config/validation).
+    #[test]
+    fn export_to_entries_combine_as_istio_allows() {
+        let rule = |entries: &[&str], selected: bool| {
+            let mut spec = dr("h");
+            spec.export_to = entries.iter().map(|e| e.to_string()).collect();
+            if selected {
+                spec.workload_selector = selector(&[("app", "a")]);
+            }
+            let mut d = DestinationRule::new("d", spec);
+            d.metadata.namespace = Some("foo".into());
+            destination_rule(&d)
+        };
+        assert_eq!(rule(&[".", "bar"], false), []);
+        assert_eq!(fields(&rule(&[".", "foo"], false)), ["spec.exportTo[1]"]);
+        assert_eq!(fields(&rule(&["*", "bar"], false)), ["spec.exportTo"]);
+        assert_eq!(rule(&["."], true), []);
+        assert_eq!(rule(&["foo"], true), []);
+        assert_eq!(fields(&rule(&["bar"], true)), ["spec.exportTo"]);
+        assert_eq!(fields(&rule(&[".", "bar"], true)), ["spec.exportTo"]);
     }
 
     #[test]
@@ -631,6 +768,116 @@ mod tests {
             [
                 "spec.subsets[0].labels[version]",
                 "spec.subsets[0].trafficPolicy.portLevelSettings[0].port"
+            ]
+        );
+    }
+
+    fn tls(mode: ClientTlsMode) -> ClientTlsSettings {
+        ClientTlsSettings {
+            mode,
+            ..Default::default()
+        }
+    }
+
+    fn with_tls(t: ClientTlsSettings) -> DestinationRuleSpec {
+        let mut spec = dr("h");
+        spec.traffic_policy = Some(TrafficPolicy {
+            tls: Some(t),
+            ..Default::default()
+        });
+        spec
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    // Mirrors Istio's TestValidateTLS (pkg/config/validation/agent):
+    // "tls mutual missing client certificate" and "... missing private key".
+    #[test]
+    fn mutual_needs_a_client_certificate_and_a_private_key() {
+        let errors = dr_errors(with_tls(tls(ClientTlsMode::Mutual)));
+        assert_eq!(
+            fields(&errors),
+            [
+                "spec.trafficPolicy.tls.clientCertificate",
+                "spec.trafficPolicy.tls.privateKey"
+            ]
+        );
+        assert!(
+            errors[0]
+                .reason
+                .starts_with("client certificate required for mutual tls")
+        );
+        let mut only_cert = tls(ClientTlsMode::Mutual);
+        only_cert.client_certificate = some("/etc/c.pem");
+        only_cert.private_key = some("");
+        assert_eq!(
+            fields(&dr_errors(with_tls(only_cert.clone()))),
+            ["spec.trafficPolicy.tls.privateKey"]
+        );
+        only_cert.private_key = some("/etc/k.pem");
+        assert_eq!(dr_errors(with_tls(only_cert)), []);
+    }
+
+    // Istio's TestValidateTLS: "tls mutual with credentialName" is valid
+    // without files, and files next to a credentialName are not.
+    #[test]
+    fn mutual_with_a_credential_name_needs_no_files_and_takes_none() {
+        let mut t = tls(ClientTlsMode::Mutual);
+        t.credential_name = some("client-secret");
+        assert_eq!(dr_errors(with_tls(t.clone())), []);
+        t.ca_certificates = some("/etc/ca.pem");
+        assert_eq!(
+            fields(&dr_errors(with_tls(t))),
+            ["spec.trafficPolicy.tls.caCertificates"]
+        );
+    }
+
+    // Istio's TestValidateTLS: insecureSkipVerify with caCertificates or
+    // subjectAltNames is a contradiction.
+    #[test]
+    fn insecure_skip_verify_takes_nothing_that_verifies() {
+        let mut t = tls(ClientTlsMode::Simple);
+        t.insecure_skip_verify = Some(true);
+        assert_eq!(dr_errors(with_tls(t.clone())), []);
+        t.subject_alt_names = vec!["a.example.com".into()];
+        t.ca_certificates = some("/etc/ca.pem");
+        let errors = dr_errors(with_tls(t));
+        assert_eq!(
+            fields(&errors),
+            ["spec.trafficPolicy.tls.insecureSkipVerify"]
+        );
+        assert_eq!(
+            errors[0].reason,
+            "cannot specify caCertificates or subjectAltNames when insecureSkipVerify is true"
+        );
+    }
+
+    #[test]
+    fn port_level_and_subset_tls_are_checked_too() {
+        let mut spec = dr("h");
+        spec.traffic_policy = Some(TrafficPolicy {
+            port_level_settings: vec![PortTrafficPolicy {
+                port: Some(PortSelector { number: 443 }),
+                tls: Some(tls(ClientTlsMode::Mutual)),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let mut v1 = subset("v1");
+        v1.traffic_policy = Some(TrafficPolicy {
+            tls: Some(tls(ClientTlsMode::Mutual)),
+            ..Default::default()
+        });
+        spec.subsets = vec![v1];
+        assert_eq!(
+            fields(&dr_errors(spec)),
+            [
+                "spec.trafficPolicy.portLevelSettings[0].tls.clientCertificate",
+                "spec.trafficPolicy.portLevelSettings[0].tls.privateKey",
+                "spec.subsets[0].trafficPolicy.tls.clientCertificate",
+                "spec.subsets[0].trafficPolicy.tls.privateKey",
             ]
         );
     }

@@ -146,8 +146,9 @@ fn start_app_echo() -> Result<(), String> {
 }
 
 /// Claims a free /16 for pod IPs with the marker `LocalMesh` uses
-/// (127.X.255.254:15999, X even), so neither runner takes the other's.
-fn claim_pod_net() -> anyhow::Result<(Ipv4Addr, StdListener)> {
+/// (127.X.255.254:15999, X even), so no two meshes of any test process
+/// take the same addresses while the claim (the listener) is held.
+pub fn claim_pod_net() -> anyhow::Result<(Ipv4Addr, StdListener)> {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let start = (std::process::id() as usize * 7 + NEXT.fetch_add(13, Ordering::Relaxed)) % 100;
     for i in 0..100 {

@@ -6,6 +6,8 @@
 //! it, unless the run opts out with `XDS_SKIP_ENVOY=1` (refused under CI):
 //! then they return at once and are counted as skipped (see [`envoy_rule`]).
 
+/// A Kubernetes API server stand-in for whole-binary tests of `serve --kube`.
+pub mod apiserver;
 pub mod envoy_rule;
 pub mod external;
 pub mod mesh;

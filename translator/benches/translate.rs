@@ -98,11 +98,14 @@ pub fn generated_mesh(services: usize, replicas: usize, namespaces: usize) -> Me
                 host: app.clone(),
                 export_to: Vec::new(),
                 workload_selector: None,
-                tls: Some(ClientTls {
-                    mode: Some(ClientTlsMode::IstioMutual),
-                    ..Default::default()
+                traffic_policy: Some(TrafficPolicy {
+                    tls: Some(ClientTls {
+                        mode: Some(ClientTlsMode::IstioMutual),
+                        ..Default::default()
+                    }),
+                    port_tls: BTreeMap::new(),
                 }),
-                port_tls: BTreeMap::new(),
+                subsets: Vec::new(),
             });
         }
     }

@@ -10,6 +10,7 @@ pub use xds::{ProxyResources, Resource, ResourceMap, ResourceType};
 
 pub mod diag;
 pub mod envoy;
+pub mod explain;
 pub mod layout;
 pub mod model;
 pub mod resolve;

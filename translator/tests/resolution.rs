@@ -703,24 +703,3 @@ spec:
     assert!(!w.sidecar);
     assert!(translate(&mesh).proxy("foo", "opted-out").is_none());
 }
-
-#[test]
-fn credential_name_is_reported_as_not_supported() {
-    let t = check(
-        "
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: ext, namespace: foo}
-spec:
-  host: httpbin.legacy.svc.cluster.local
-  trafficPolicy: {tls: {mode: MUTUAL, credentialName: client-cert}}
-",
-        &[],
-    );
-    assert!(has_diag(
-        &t,
-        Severity::Warning,
-        "foo/ext",
-        "credentialName is not supported"
-    ));
-}

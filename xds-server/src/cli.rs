@@ -51,6 +51,8 @@ pub enum Command {
     Iptables(IptablesArgs),
     /// Print manifests with a stock-Envoy sidecar injected into every pod template that should get one, like `istioctl kube-inject`.
     Inject(InjectArgs),
+    /// Explain one request: the client's sidecar, the DestinationRules considered and merged, the TLS sent to each endpoint and why, the server's mode on the target port and its policy, and the predicted outcome.
+    Explain(ExplainArgs),
 }
 
 /// `xds-server inject`: where the manifests are and what the sidecar runs.
@@ -318,6 +320,9 @@ pub struct ServeArgs {
     /// Serve plaintext xDS and trust the node id each client sends (anyone who can connect gets any workload's key): refused on any address but loopback. Default: mutual TLS, the stream's identity being its client certificate's.
     #[arg(long, env = "XDS_INSECURE")]
     pub insecure_xds: bool,
+    /// CA bundle on the sidecars' filesystem that DestinationRule SIMPLE and MUTUAL origination verify servers against when the rule names no caCertificates (Istio's system trust bundle).
+    #[arg(long, env = "XDS_TRUST_BUNDLE", default_value = translator::model::DEFAULT_TRUST_BUNDLE)]
+    pub trust_bundle: PathBuf,
     #[command(flatten)]
     pub mesh: MeshArgs,
     #[command(flatten)]
@@ -431,6 +436,35 @@ pub struct UpArgs {
 pub enum CaptureMode {
     /// Network namespaces and Istio's iptables rules.
     Iptables,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExplainArgs {
+    /// The client: WORKLOAD.NAMESPACE, a pod or a Deployment's name (as `up` names clients).
+    #[arg(long)]
+    pub from: String,
+    /// The service port: SERVICE.NAMESPACE:PORT.
+    #[arg(long)]
+    pub to: String,
+    /// Explain offline from these directories or files of Kubernetes YAML.
+    #[arg(
+        long = "config-dir",
+        value_delimiter = ',',
+        required_unless_present = "debug_addr",
+        conflicts_with = "debug_addr"
+    )]
+    pub config_dirs: Vec<PathBuf>,
+    /// Ask a running server instead: the address of its debug endpoints (serve's --debug-addr).
+    #[arg(long)]
+    pub debug_addr: Option<SocketAddr>,
+    /// Print the JSON that /debug/explain returns.
+    #[arg(long)]
+    pub json: bool,
+    /// Offline: the trust bundle `serve --trust-bundle` would use.
+    #[arg(long, env = "XDS_TRUST_BUNDLE", default_value = translator::model::DEFAULT_TRUST_BUNDLE)]
+    pub trust_bundle: PathBuf,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -560,6 +594,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..crate::inject::template::Settings::default()
         });
     let mut mesh = args.mesh.mesh_config();
+    mesh.trust_bundle = args.trust_bundle.display().to_string();
     if args.kube {
         // Pods in a cluster were injected (or not) when they were created.
         mesh.sidecar_detection = translator::model::SidecarDetection::PodSpec;
@@ -750,6 +785,31 @@ pub async fn bootstrap(args: BootstrapArgs) -> anyhow::Result<String> {
         tls: tls.as_ref(),
         interception: args.interception_mode,
     })
+}
+
+/// `explain`: one request, offline from config directories or from a
+/// running server's `/debug/explain`, as text (or JSON).
+pub async fn explain(args: ExplainArgs) -> anyhow::Result<String> {
+    use crate::debug::explain::{offline, remote};
+    let e = match args.debug_addr {
+        Some(addr) => remote(addr, &args.from, &args.to).await?,
+        None => {
+            let mut config = args.mesh.mesh_config();
+            config.trust_bundle = args.trust_bundle.display().to_string();
+            offline(
+                args.config_dirs,
+                config,
+                &args.mesh.addressing(),
+                &args.from,
+                &args.to,
+            )?
+        }
+    };
+    if args.json {
+        Ok(format!("{}\n", serde_json::to_string_pretty(&e)?))
+    } else {
+        Ok(translator::explain::render_text(&e))
+    }
 }
 
 /// `validate`: one line per problem, one per loaded object; false when any

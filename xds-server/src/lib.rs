@@ -12,6 +12,7 @@ pub mod debug;
 pub mod enroll;
 pub mod identity;
 pub mod inject;
+pub mod load;
 pub mod logging;
 pub mod runner;
 pub mod server;

@@ -27,6 +27,10 @@ async fn main() -> ExitCode {
         Command::Up(args) => xds_server::runner::up::up(args).await,
         Command::Iptables(args) => cli::iptables(&args).map(|()| ExitCode::SUCCESS),
         Command::Inject(args) => cli::inject(&args).map(|()| ExitCode::SUCCESS),
+        Command::Explain(args) => cli::explain(args).await.map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -266,6 +266,26 @@ where
     })
 }
 
+/// Connections the kernel queues on the xDS port until they are accepted.
+/// tokio's default (1,024) overflows when 2,000 sidecars connect at once
+/// (BENCHMARKS.md): the kernel drops the SYN, and its retry comes after
+/// 1 s, the bootstrap's whole connect timeout, so the sidecar resets.
+/// Linux caps it at `net.core.somaxconn` (4,096 by default since 5.4).
+const XDS_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with room for `backlog` connections not yet
+/// accepted (SO_REUSEADDR, as `TcpListener::bind` sets it).
+fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Applies the source's snapshot unless already seen, then every new one,
 /// until the source goes away.
 async fn apply_each(
@@ -375,8 +395,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
 
     let ads = AdsServer::with_parts(snapshots.clone(), registry.clone(), stats.clone())
         .with_limits(opts.limits.clone());
-    let xds_listener = TcpListener::bind(opts.xds_addr)
-        .await
+    let xds_listener = bind_with_backlog(opts.xds_addr, XDS_BACKLOG)
         .with_context(|| format!("binding the xDS address {}", opts.xds_addr))?;
     let xds_addr = xds_listener.local_addr()?;
     // The certificate endpoint (Kubernetes mode) is bound now too, so a

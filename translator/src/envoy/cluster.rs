@@ -2,9 +2,11 @@
 
 use super::{ads_config_source, any, names, seconds, socket_address, tls};
 use crate::model::{ClientTlsMode, Protocol};
-use crate::resolve::ClientDecision;
+use crate::resolve::{ClientDecision, Credential};
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
-use envoy_types::pb::envoy::config::core::v3::{Http2ProtocolOptions, Metadata};
+use envoy_types::pb::envoy::config::core::v3::{
+    Http1ProtocolOptions, Http2ProtocolOptions, Metadata, UpstreamHttpProtocolOptions,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
@@ -41,6 +43,8 @@ pub struct OutboundSpec<'a> {
     pub decision: &'a ClientDecision,
     /// SPIFFE IDs of the service's workloads, sorted.
     pub sans: &'a [String],
+    /// What SIMPLE/MUTUAL verify the server against without `caCertificates`.
+    pub trust_bundle: &'a str,
 }
 
 pub fn outbound(spec: &OutboundSpec<'_>) -> Cluster {
@@ -59,7 +63,7 @@ pub fn outbound(spec: &OutboundSpec<'_>) -> Cluster {
         ..Default::default()
     };
     if h2 {
-        c.typed_extension_protocol_options = http2_options();
+        c.typed_extension_protocol_options = http_options(true, None);
     }
     match &spec.decision.tls {
         None => {
@@ -90,25 +94,51 @@ pub fn outbound(spec: &OutboundSpec<'_>) -> Cluster {
                 let ctx = tls::upstream_istio_mutual(&sans, sni, h2);
                 c.transport_socket = Some(tls::tls_socket_upstream(&ctx));
             }
-            ClientTlsMode::Simple | ClientTlsMode::Mutual => {
-                let ctx = tls::upstream_user_tls(t, spec.fqdn, h2);
-                c.transport_socket = Some(tls::tls_socket_upstream(&ctx));
-            }
+            ClientTlsMode::Simple | ClientTlsMode::Mutual => match &spec.decision.credential {
+                // istiod builds no TLS context for sidecars from a
+                // credentialName on a rule without workloadSelector, nor
+                // for MUTUAL without a client certificate.
+                Some(c) if c.drops_tls() => {}
+                credential => {
+                    let secret = match credential {
+                        Some(Credential::SdsSecret(name)) => Some(name.as_str()),
+                        _ => None,
+                    };
+                    let ctx = tls::upstream_user_tls(t, spec.trust_bundle, secret, h2);
+                    c.transport_socket = Some(tls::tls_socket_upstream(&ctx));
+                    if let Some(upstream) = tls::auto_sni_options(t) {
+                        c.typed_extension_protocol_options = http_options(h2, Some(upstream));
+                    }
+                }
+            },
         },
     }
     c
 }
 
+/// HTTP/2 to the upstream, nothing else (the capture layout's inbound clusters).
 pub(super) fn http2_options() -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    http_options(true, None)
+}
+
+/// `HttpProtocolOptions` naming the upstream protocol (HTTP/2 or HTTP/1.1),
+/// with `upstream` options (auto SNI) when origination needs them.
+fn http_options(
+    h2: bool,
+    upstream: Option<UpstreamHttpProtocolOptions>,
+) -> HashMap<String, envoy_types::pb::google::protobuf::Any> {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    let protocol_config = if h2 {
+        ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+    } else {
+        ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+    };
     let opts = HttpProtocolOptions {
+        upstream_http_protocol_options: upstream,
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        ),
-                    ),
+                    protocol_config: Some(protocol_config),
                 },
             ),
         ),
@@ -177,7 +207,7 @@ pub fn inbound(target_port: u16, app_ip: IpAddr, protocol: Protocol) -> Cluster 
         ..Default::default()
     };
     if protocol == Protocol::Http2 {
-        c.typed_extension_protocol_options = http2_options();
+        c.typed_extension_protocol_options = http_options(true, None);
     }
     c
 }

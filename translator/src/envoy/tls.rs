@@ -6,12 +6,12 @@ use super::names::{SECRET_DEFAULT, SECRET_ROOTCA};
 use super::{ads_config_source, any};
 use crate::model::{ClientTls, ClientTlsMode};
 use envoy_types::pb::envoy::config::core::v3::{
-    DataSource, TransportSocket, data_source, transport_socket,
+    DataSource, TransportSocket, UpstreamHttpProtocolOptions, data_source, transport_socket,
 };
 use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig,
-    SubjectAltNameMatcher, TlsParameters, UpstreamTlsContext, common_tls_context,
+    SubjectAltNameMatcher, TlsCertificate, TlsParameters, UpstreamTlsContext, common_tls_context,
     subject_alt_name_matcher::SanType, tls_parameters::TlsProtocol,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher::MatchPattern};
@@ -140,56 +140,143 @@ pub fn upstream_istio_mutual(sans: &[String], sni: String, h2: bool) -> Upstream
     }
 }
 
-/// SIMPLE / MUTUAL origination with user-supplied files, as a
-/// DestinationRule describes them. Paths are on the sidecar's filesystem.
-pub fn upstream_user_tls(tls: &ClientTls, default_sni: &str, h2: bool) -> UpstreamTlsContext {
-    let file = |p: &String| DataSource {
-        specifier: Some(data_source::Specifier::Filename(p.clone())),
+/// A SAN matcher for one `subjectAltNames` entry. Istio matches the entry
+/// against SANs of any type (the untyped `match_subject_alt_names`, which
+/// Envoy deprecates); typed matchers need a type, read from the entry's
+/// shape: a URI (`spiffe://...`), an IP address, an e-mail address, else a
+/// DNS name.
+fn san_matcher(san: &str) -> SubjectAltNameMatcher {
+    let san_type = if san.contains("://") {
+        SanType::Uri
+    } else if san.parse::<std::net::IpAddr>().is_ok() {
+        SanType::IpAddress
+    } else if san.contains('@') {
+        SanType::Email
+    } else {
+        SanType::Dns
+    };
+    SubjectAltNameMatcher {
+        san_type: san_type as i32,
+        matcher: Some(StringMatcher {
+            match_pattern: Some(MatchPattern::Exact(san.to_string())),
+            ignore_case: false,
+        }),
+        oid: String::new(),
+    }
+}
+
+/// SDS over ADS for a `credentialName`, as istiod names it
+/// (`kubernetes://NAME`, and `kubernetes://NAME-cacert` for the CA). These
+/// keep Envoy's default fetch timeout, so a missing Secret does not hold
+/// the cluster back for ever (istiod's `SDSAdsConfig`).
+fn credential_sds(name: &str) -> SdsSecretConfig {
+    SdsSecretConfig {
+        name: format!("kubernetes://{name}"),
+        sds_config: Some(ads_config_source(false)),
+    }
+}
+
+/// SIMPLE / MUTUAL origination, as istiod's `constructUpstreamTLS`
+/// (cluster_tls.go) builds it for a DestinationRule. Files are paths on the
+/// sidecar's filesystem, read by Envoy itself (stock Envoy has no agent to
+/// serve them over SDS). Without `caCertificates` the server is verified
+/// against `trust_bundle` (istiod's `file-root:system`); `insecureSkipVerify`
+/// turns verification off. `sni` is the rule's or empty: the cluster then
+/// sets `auto_sni` (see [`auto_sni_options`]). With a `credentialName`
+/// (rules with a workloadSelector) certificate and CA come over SDS.
+pub fn upstream_user_tls(
+    tls: &ClientTls,
+    trust_bundle: &str,
+    credential: Option<&str>,
+    h2: bool,
+) -> UpstreamTlsContext {
+    let file = |p: &str| DataSource {
+        specifier: Some(data_source::Specifier::Filename(p.to_string())),
         ..Default::default()
     };
+    fn set(v: &Option<String>) -> Option<&str> {
+        v.as_deref().filter(|s| !s.is_empty())
+    }
     let mut common = CommonTlsContext {
-        tls_params: Some(tls_params()),
+        // istiod's defaultUpstreamCommonTLSContext: TLS 1.3 at most, Envoy's
+        // client defaults otherwise (the server is not ours to restrict).
+        tls_params: Some(TlsParameters {
+            tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+            ..Default::default()
+        }),
         alpn_protocols: if h2 { vec!["h2".into()] } else { Vec::new() },
         ..Default::default()
     };
-    if tls.mode() == ClientTlsMode::Mutual
-        && let (Some(cert), Some(key)) = (&tls.client_certificate, &tls.private_key)
-    {
-        common.tls_certificates = vec![
-            envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::TlsCertificate {
+    let sans: Vec<SubjectAltNameMatcher> = tls
+        .subject_alt_names
+        .iter()
+        .map(|s| san_matcher(s))
+        .collect();
+    if let Some(name) = credential {
+        if tls.mode() == ClientTlsMode::Mutual {
+            common.tls_certificate_sds_secret_configs = vec![credential_sds(name)];
+        }
+        if !tls.insecure_skip_verify {
+            common.validation_context_type = Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(CertificateValidationContext {
+                            match_typed_subject_alt_names: sans,
+                            ..Default::default()
+                        }),
+                        validation_context_sds_secret_config: Some(credential_sds(&format!(
+                            "{name}-cacert"
+                        ))),
+                        ..Default::default()
+                    },
+                ),
+            );
+        }
+    } else {
+        if tls.mode() == ClientTlsMode::Mutual
+            && let (Some(cert), Some(key)) = (set(&tls.client_certificate), set(&tls.private_key))
+        {
+            common.tls_certificates = vec![TlsCertificate {
                 certificate_chain: Some(file(cert)),
                 private_key: Some(file(key)),
                 ..Default::default()
-            },
-        ];
-    }
-    if !tls.insecure_skip_verify {
-        let validation = CertificateValidationContext {
-            trusted_ca: tls.ca_certificates.as_ref().map(file),
-            match_typed_subject_alt_names: tls
-                .subject_alt_names
-                .iter()
-                .map(|s| SubjectAltNameMatcher {
-                    san_type: SanType::Dns as i32,
-                    matcher: Some(StringMatcher {
-                        match_pattern: Some(MatchPattern::Exact(s.clone())),
-                        ignore_case: false,
-                    }),
-                    oid: String::new(),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        if validation != CertificateValidationContext::default() {
-            common.validation_context_type =
-                Some(common_tls_context::ValidationContextType::ValidationContext(validation));
+            }];
         }
+        let validation = if tls.insecure_skip_verify {
+            // istiod's empty validation context: nothing is verified.
+            CertificateValidationContext::default()
+        } else {
+            CertificateValidationContext {
+                trusted_ca: Some(file(set(&tls.ca_certificates).unwrap_or(trust_bundle))),
+                match_typed_subject_alt_names: sans,
+                crl: set(&tls.ca_crl).map(file),
+                ..Default::default()
+            }
+        };
+        common.validation_context_type =
+            Some(common_tls_context::ValidationContextType::ValidationContext(validation));
     }
     UpstreamTlsContext {
         common_tls_context: Some(common),
-        sni: tls.sni.clone().unwrap_or_else(|| default_sni.to_string()),
+        sni: tls.sni.clone().unwrap_or_default(),
         ..Default::default()
     }
+}
+
+/// istiod's `setAutoSniAndAutoSanValidation` for a cluster that is not a
+/// dynamic forward proxy: `auto_sni` when the rule names no SNI (Envoy sends
+/// the request's host), and `auto_san_validation` when it also names no
+/// SANs and verification is on (the server certificate must match that
+/// host). `None` when neither applies.
+pub fn auto_sni_options(tls: &ClientTls) -> Option<UpstreamHttpProtocolOptions> {
+    let auto_sni = tls.sni.as_deref().is_none_or(str::is_empty);
+    let auto_san_validation =
+        auto_sni && tls.subject_alt_names.is_empty() && !tls.insecure_skip_verify;
+    (auto_sni || auto_san_validation).then(|| UpstreamHttpProtocolOptions {
+        auto_sni,
+        auto_san_validation,
+        ..Default::default()
+    })
 }
 
 pub fn tls_socket_upstream(ctx: &UpstreamTlsContext) -> TransportSocket {

@@ -6,7 +6,7 @@
 use super::{
     ClientTls, ClientTlsMode, ContainerPort, DestinationRule, Labels, Mesh, MeshConfig, Namespace,
     ObjectRef, PeerAuthentication, PeerMode, PolicyMeta, Protocol, Service, ServicePort,
-    SidecarDetection, TargetPort, Workload,
+    SidecarDetection, Subset, TargetPort, TrafficPolicy, Workload,
 };
 use crate::diag::Diagnostic;
 use crds::Object;
@@ -154,6 +154,7 @@ fn client_tls(t: &crds::ClientTlsSettings) -> ClientTls {
         sni: t.sni.clone(),
         subject_alt_names: t.subject_alt_names.clone(),
         ca_certificates: t.ca_certificates.clone(),
+        ca_crl: t.ca_crl.clone(),
         client_certificate: t.client_certificate.clone(),
         private_key: t.private_key.clone(),
         credential_name: t.credential_name.clone(),
@@ -428,18 +429,29 @@ pub fn build_mesh_with_diagnostics(
                             .as_ref()
                             .filter(|s| !s.is_empty())
                             .map(|s| s.match_labels.clone()),
-                        tls: tp.and_then(|t| t.tls.as_ref()).map(client_tls),
-                        port_tls: tp
-                            .map(|t| {
-                                t.port_level_settings
-                                    .iter()
-                                    .filter_map(|p| {
-                                        let n = u16::try_from(p.port.as_ref()?.number).ok()?;
-                                        Some((n, p.tls.as_ref().map(client_tls)))
-                                    })
-                                    .collect()
+                        traffic_policy: tp.map(|t| TrafficPolicy {
+                            tls: t.tls.as_ref().map(client_tls),
+                            // The first entry for a port applies, as in Istio.
+                            port_tls: t.port_level_settings.iter().rev().fold(
+                                BTreeMap::new(),
+                                |mut ports, p| {
+                                    if let Some(n) =
+                                        p.port.as_ref().and_then(|s| u16::try_from(s.number).ok())
+                                    {
+                                        ports.insert(n, p.tls.as_ref().map(client_tls));
+                                    }
+                                    ports
+                                },
+                            ),
+                        }),
+                        subsets: spec
+                            .subsets
+                            .iter()
+                            .map(|s| Subset {
+                                name: s.name.clone(),
+                                labels: s.labels.clone(),
                             })
-                            .unwrap_or_default(),
+                            .collect(),
                         meta,
                     },
                 );

@@ -19,7 +19,17 @@ pub struct MeshConfig {
     pub outbound_port: u16,
     /// How a Pod's sidecar is recognised.
     pub sidecar_detection: SidecarDetection,
+    /// The CA bundle, on the sidecar's filesystem, that SIMPLE and MUTUAL
+    /// origination verify the server against when a DestinationRule names
+    /// no `caCertificates`: istio-agent's `file-root:system` (the OS bundle;
+    /// `VERIFY_CERTIFICATE_AT_CLIENT` is on by default). Stock Envoy has no
+    /// agent to find it, so the path is configuration (`serve --trust-bundle`).
+    pub trust_bundle: String,
 }
+
+/// Where Debian, Ubuntu and most container images keep the OS trust bundle:
+/// the first path Istio's `GetOSRootFilePath` tries.
+pub const DEFAULT_TRUST_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl Default for MeshConfig {
     fn default() -> Self {
@@ -29,6 +39,7 @@ impl Default for MeshConfig {
             cluster_domain: "cluster.local".into(),
             outbound_port: 15001,
             sidecar_detection: SidecarDetection::Injection,
+            trust_bundle: DEFAULT_TRUST_BUNDLE.into(),
         }
     }
 }
@@ -51,7 +62,9 @@ pub enum SidecarDetection {
 }
 
 /// A reference to a user object, as diagnostics and decisions name it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectRef {
     pub kind: String,
     pub namespace: String,
@@ -81,7 +94,7 @@ pub struct Namespace {
 }
 
 /// How the traffic on a service port is handled by the sidecars.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// HTTP/1.1 (also the choice for undeclared protocols, see `Protocol::infer`).
@@ -243,7 +256,7 @@ impl PeerAuthentication {
 }
 
 /// DestinationRule `tls.mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientTlsMode {
     Disable,
@@ -252,12 +265,26 @@ pub enum ClientTlsMode {
     IstioMutual,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+impl ClientTlsMode {
+    /// The name as written in YAML.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientTlsMode::Disable => "DISABLE",
+            ClientTlsMode::Simple => "SIMPLE",
+            ClientTlsMode::Mutual => "MUTUAL",
+            ClientTlsMode::IstioMutual => "ISTIO_MUTUAL",
+        }
+    }
+}
+
+/// A DestinationRule's `ClientTLSSettings`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClientTls {
     pub mode: Option<ClientTlsMode>,
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,
     pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
     pub client_certificate: Option<String>,
     pub private_key: Option<String>,
     pub credential_name: Option<String>,
@@ -270,6 +297,27 @@ impl ClientTls {
     }
 }
 
+/// The part of a DestinationRule's `trafficPolicy` that decides client TLS.
+/// Present or not matters on its own: merging rules for one host adopts a
+/// newer rule's policy only when the older one has none at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrafficPolicy {
+    /// `tls`; `None` leaves auto mTLS in charge.
+    pub tls: Option<ClientTls>,
+    /// `portLevelSettings` by service port. An entry replaces the top-level
+    /// settings wholesale, so `Some(None)` means "auto" for that port.
+    pub port_tls: BTreeMap<u16, Option<ClientTls>>,
+}
+
+/// A named subset of a host's endpoints. Nothing routes to subsets yet (no
+/// VirtualService); they are kept for merging and for what the debug
+/// endpoints show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subset {
+    pub name: String,
+    pub labels: Labels,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DestinationRule {
     pub meta: PolicyMeta,
@@ -277,11 +325,9 @@ pub struct DestinationRule {
     pub host: String,
     pub export_to: Vec<String>,
     pub workload_selector: Option<Labels>,
-    /// `trafficPolicy.tls`; `None` leaves auto mTLS in charge.
-    pub tls: Option<ClientTls>,
-    /// `trafficPolicy.portLevelSettings` by service port. An entry replaces
-    /// the top-level settings wholesale, so `Some(None)` means "auto".
-    pub port_tls: BTreeMap<u16, Option<ClientTls>>,
+    /// `trafficPolicy`, if the rule has one.
+    pub traffic_policy: Option<TrafficPolicy>,
+    pub subsets: Vec<Subset>,
 }
 
 impl DestinationRule {

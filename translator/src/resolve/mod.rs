@@ -3,7 +3,9 @@
 //! policy objects themselves (the split Istio's authn applier makes).
 
 pub mod client;
+pub mod merge;
 pub mod server;
 
-pub use client::{ClientDecision, ClientPolicies};
+pub use client::{ClientDecision, ClientPolicies, Credential, LookupStep, Sends};
+pub use merge::{IndexKind, MergedId, MergedRule, RuleIndex};
 pub use server::{Decided, PeerPolicies, Scope, ServerMode, WorkloadPeerPolicy};

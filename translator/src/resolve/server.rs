@@ -20,7 +20,7 @@ use crate::model::{Labels, Mesh, ObjectRef, PeerAuthentication, PeerMode, Worklo
 use std::collections::{BTreeMap, HashMap};
 
 /// The effective server mode: what the inbound listener accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ServerMode {
     /// mTLS only.
@@ -43,7 +43,7 @@ impl ServerMode {
 }
 
 /// Where a decision came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// Nothing in force: Istio's default.
@@ -56,7 +56,7 @@ pub enum Scope {
 }
 
 /// A mode together with the object and scope that decided it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Decided {
     pub mode: ServerMode,
     pub scope: Scope,

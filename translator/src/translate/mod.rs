@@ -15,7 +15,8 @@ pub use capture::CapturePlan;
 pub use plan::{ProxyPlan, Translation};
 pub use report::{ClientPort, EndpointDecision, ServerPort};
 
-use report::EndpointSpecs;
+use report::ClientGroup;
+pub(crate) use report::{EndpointFacts, EndpointSpecs, Failure, failure, why};
 
 use crate::envoy::cluster::{self, EndpointSpec, OutboundSpec};
 use crate::envoy::{listener, names, route, tls};
@@ -60,7 +61,7 @@ fn insert(map: &mut ResourceMap, r: Resource) {
     map.insert(r.name.clone(), Arc::new(r));
 }
 
-/// Load assignments (shared by all), endpoint specs and each service's
+/// Load assignments (shared by all), endpoint facts and each service's
 /// SPIFFE identities.
 fn endpoints<'a>(
     mesh: &Mesh,
@@ -85,26 +86,31 @@ fn endpoints<'a>(
         sans_all.push(sans.into_iter().collect());
         let mut per_port = Vec::with_capacity(svc.ports.len());
         for p in &svc.ports {
-            let mut list: Vec<(usize, EndpointSpec)> = eps
+            let mut list: Vec<EndpointFacts> = eps
                 .iter()
                 .filter_map(|&wi| {
                     let w = mesh.workloads.get(wi)?;
                     let t = w.resolve_target(&p.target_port)?;
+                    let server = server_mode(wi, t).cloned();
                     let mtls = w.sidecar
-                        && server_mode(wi, t).is_some_and(|d| d.mode != ServerMode::Disable);
-                    Some((
+                        && server
+                            .as_ref()
+                            .is_some_and(|d| d.mode != ServerMode::Disable);
+                    Some(EndpointFacts {
                         wi,
-                        EndpointSpec {
+                        spec: EndpointSpec {
                             ip: w.ip,
                             port: t,
                             mtls,
                         },
-                    ))
+                        sidecar: w.sidecar,
+                        server,
+                    })
                 })
                 .collect();
-            list.sort_by(|a, b| a.1.cmp(&b.1));
+            list.sort_by(|a, b| a.spec.cmp(&b.spec));
             let name = names::outbound_cluster(p.port, fqdn);
-            let specs: Vec<EndpointSpec> = list.iter().map(|(_, e)| e.clone()).collect();
+            let specs: Vec<EndpointSpec> = list.iter().map(|e| e.spec.clone()).collect();
             insert(
                 &mut endpoints,
                 Resource::new(
@@ -169,12 +175,14 @@ pub fn translate(mesh: &Mesh) -> Translation {
     let mut routes_by_ns: HashMap<&str, Arc<ResourceMap>> = HashMap::new();
 
     // Client side: group clients by the rules they resolve to.
-    let clients = ClientPolicies::new(mesh);
-    crate::resolve::client::report_unsupported(mesh, &mut diags);
+    let clients = ClientPolicies::new(mesh, &mut diags);
+    crate::resolve::client::report_rules(mesh, &mut diags);
     let mut cluster_cache: HashMap<(usize, usize, Option<usize>), Arc<Resource>> = HashMap::new();
     let mut maps_by_choice: HashMap<Arc<Vec<Option<usize>>>, Arc<ResourceMap>> = HashMap::new();
-    let mut group_maps: HashMap<(&str, Vec<usize>), Arc<ResourceMap>> = HashMap::new();
-    let mut client_choices = Vec::new();
+    // (namespace, selector rules) -> (index in `client_groups`, clusters).
+    type GroupKey<'a> = (&'a str, Vec<usize>);
+    let mut group_maps: HashMap<GroupKey<'_>, (usize, Arc<ResourceMap>)> = HashMap::new();
+    let mut client_groups: Vec<ClientGroup> = Vec::new();
     let mut conflict_seen: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
     let mut proxies = BTreeMap::new();
     let server_tls = tls::downstream_mtls(&mesh.config.trust_domain);
@@ -187,18 +195,25 @@ pub fn translate(mesh: &Mesh) -> Translation {
         let selected = clients.selector_rules_for(&w.namespace, &w.labels);
         let group_key = (w.namespace.as_str(), selected);
         let outbound_clusters = match group_maps.get(&group_key) {
-            Some(m) => m.clone(),
+            Some((gi, m)) => {
+                if let Some(g) = client_groups.get_mut(*gi) {
+                    g.clients.push(wi);
+                }
+                m.clone()
+            }
             None => {
                 let choice: Arc<Vec<Option<usize>>> = Arc::new(
                     (0..mesh.services.len())
                         .map(|si| clients.rule_for(&w.namespace, &group_key.1, si))
                         .collect(),
                 );
-                // One group per namespace has no selector rules: it is what
-                // `/debug/mtlsz` reports for the namespace.
-                if group_key.1.is_empty() {
-                    client_choices.push((w.namespace.clone(), choice.clone()));
-                }
+                let gi = client_groups.len();
+                client_groups.push(ClientGroup {
+                    namespace: w.namespace.clone(),
+                    selected: group_key.1.clone(),
+                    clients: vec![wi],
+                    choice: choice.clone(),
+                });
                 let map = match maps_by_choice.get(&choice) {
                     Some(m) => m.clone(),
                     None => {
@@ -221,13 +236,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
                                             && conflict_seen.insert((ri, si, pi))
                                         {
                                             report::conflicts(
-                                                mesh,
-                                                &decision,
-                                                fqdn,
-                                                p.port,
-                                                eps,
-                                                &server_mode,
-                                                &mut diags,
+                                                mesh, &decision, fqdn, p.port, eps, &mut diags,
                                             );
                                         }
                                         let name = names::outbound_cluster(p.port, fqdn);
@@ -241,6 +250,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
                                                 .get(si)
                                                 .map(Vec::as_slice)
                                                 .unwrap_or(&[]),
+                                            trust_bundle: &mesh.config.trust_bundle,
                                         });
                                         Arc::new(Resource::new(name, ResourceType::Cluster, &c))
                                     })
@@ -253,7 +263,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
                         map
                     }
                 };
-                group_maps.insert(group_key, map.clone());
+                group_maps.insert(group_key, (gi, map.clone()));
                 map
             }
         };
@@ -337,12 +347,16 @@ pub fn translate(mesh: &Mesh) -> Translation {
     }
     diags.sort();
     diags.dedup();
+    // The namespace's clients no selector rule selects first, then by the
+    // rules that select them.
+    client_groups.sort_by(|a, b| (&a.namespace, &a.selected).cmp(&(&b.namespace, &b.selected)));
     Translation {
         proxies,
         diagnostics: diags,
         server_ports,
-        client_choices,
+        client_groups,
         endpoint_specs,
+        rules: clients.index().clone(),
     }
 }
 

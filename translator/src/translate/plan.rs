@@ -3,11 +3,11 @@
 //! `report.rs` explains.
 
 use super::capture::CapturePlan;
-use super::report::{ClientPort, EndpointSpecs, ServerPort, client_port};
+use super::report::{ClientGroup, ClientPort, EndpointSpecs, ServerPort, client_port};
 use crate::diag::Diagnostic;
 use crate::layout::Interception;
 use crate::model::Mesh;
-use crate::resolve::ClientPolicies;
+use crate::resolve::{ClientPolicies, RuleIndex};
 use crate::xds::{ProxyResources, ResourceMap};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -76,34 +76,41 @@ pub struct Translation {
     pub proxies: BTreeMap<(String, String), ProxyPlan>,
     pub diagnostics: Vec<Diagnostic>,
     pub server_ports: Vec<ServerPort>,
-    /// Per client namespace with sidecars: the rule each service resolved
-    /// to (for clients without workload-selector rules).
-    pub(super) client_choices: Vec<(String, Arc<Vec<Option<usize>>>)>,
-    pub(super) endpoint_specs: EndpointSpecs,
+    /// Clients with sidecars, grouped by namespace and the workload-selector
+    /// rules that select them, each group with the rule every service
+    /// resolved to.
+    pub(crate) client_groups: Vec<ClientGroup>,
+    pub(crate) endpoint_specs: EndpointSpecs,
+    /// The DestinationRules, merged per host and indexed.
+    pub(crate) rules: Arc<RuleIndex>,
 }
 
 impl Translation {
     pub fn proxy(&self, namespace: &str, pod: &str) -> Option<&ProxyPlan> {
         self.proxies.get(&(namespace.to_string(), pod.to_string()))
     }
+
+    /// The merged DestinationRules of this translation.
+    pub fn rules(&self) -> &Arc<RuleIndex> {
+        &self.rules
+    }
 }
 
 impl Translation {
-    /// Client TLS for every client namespace (with sidecars) and service
-    /// port, sorted by namespace, then service order.
+    /// Client TLS for every client group (with sidecars) and service port,
+    /// sorted by namespace (the group no selector rule selects first), then
+    /// service order.
     pub fn client_ports(&self, mesh: &Mesh) -> Vec<ClientPort> {
-        let clients = ClientPolicies::new(mesh);
+        let clients = ClientPolicies::with_index(mesh, self.rules.clone());
         let mut out = Vec::new();
-        for (ns, choice) in &self.client_choices {
+        for group in &self.client_groups {
             for (si, svc) in mesh.services.iter().enumerate() {
-                let rule = choice.get(si).copied().flatten();
                 for pi in 0..svc.ports.len() {
                     out.extend(client_port(
                         mesh,
                         &clients,
                         &self.endpoint_specs,
-                        ns,
-                        rule,
+                        group,
                         si,
                         pi,
                     ));
@@ -113,7 +120,8 @@ impl Translation {
         out
     }
 
-    /// Client TLS from one namespace to one service port.
+    /// Client TLS from the clients of one namespace that no selector rule
+    /// selects to one service port.
     pub fn client_port(
         &self,
         mesh: &Mesh,
@@ -121,22 +129,43 @@ impl Translation {
         si: usize,
         port: u16,
     ) -> Option<ClientPort> {
-        let (_, choice) = self.client_choices.iter().find(|(ns, _)| ns == client_ns)?;
+        let group = self
+            .client_groups
+            .iter()
+            .find(|g| g.namespace == client_ns && g.selected.is_empty())?;
+        self.group_port(mesh, group, si, port)
+    }
+
+    /// Client TLS from one client workload (with a sidecar) to one service
+    /// port.
+    pub fn client_port_of(
+        &self,
+        mesh: &Mesh,
+        client: usize,
+        si: usize,
+        port: u16,
+    ) -> Option<ClientPort> {
+        let group = self
+            .client_groups
+            .iter()
+            .find(|g| g.clients.contains(&client))?;
+        self.group_port(mesh, group, si, port)
+    }
+
+    fn group_port(
+        &self,
+        mesh: &Mesh,
+        group: &ClientGroup,
+        si: usize,
+        port: u16,
+    ) -> Option<ClientPort> {
         let pi = mesh
             .services
             .get(si)?
             .ports
             .iter()
             .position(|p| p.port == port)?;
-        let clients = ClientPolicies::new(mesh);
-        client_port(
-            mesh,
-            &clients,
-            &self.endpoint_specs,
-            client_ns,
-            choice.get(si).copied().flatten(),
-            si,
-            pi,
-        )
+        let clients = ClientPolicies::with_index(mesh, self.rules.clone());
+        client_port(mesh, &clients, &self.endpoint_specs, group, si, pi)
     }
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod capture_sim;
+pub mod dr;
 pub mod sim;
 
 use std::path::{Path, PathBuf};

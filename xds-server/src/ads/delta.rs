@@ -202,7 +202,7 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
         if !changed {
             return Ok(());
         }
-        self.push(kind, first, at).await
+        self.push(kind, first, &BTreeSet::new(), at).await.map(drop)
     }
 
     async fn on_change(&mut self) -> Result<(), Ended> {
@@ -212,8 +212,22 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
             Ok(false) => return Ok(()),
             Err(status) => return Err(self.session.fail(status).await),
         }
+        // Envoy re-creates a cluster that changed and keeps it warming
+        // until its endpoints arrive, even unchanged ones: the endpoints of
+        // every cluster just sent go out again (as istiod does), or the new
+        // cluster waits out Envoy's 15 s initial fetch timeout. An EDS
+        // resource is named after its cluster (`service_name`).
+        let mut clusters_sent = BTreeSet::new();
         for kind in ResourceType::PUSH_ORDER {
-            self.push(kind, false, at).await?;
+            let resend = if kind == ResourceType::Endpoint {
+                std::mem::take(&mut clusters_sent)
+            } else {
+                BTreeSet::new()
+            };
+            let sent = self.push(kind, false, &resend, at).await?;
+            if kind == ResourceType::Cluster {
+                clusters_sent = sent;
+            }
         }
         Ok(())
     }
@@ -237,7 +251,8 @@ impl Diff {
     }
 }
 
-fn diff(all: &ResourceMap, state: &DeltaType) -> Diff {
+/// `resend`: names to send even when the proxy holds their current version.
+fn diff(all: &ResourceMap, state: &DeltaType, resend: &BTreeSet<String>) -> Diff {
     let mut out = Diff::default();
     let Some(subscription) = &state.status.subscription else {
         return out;
@@ -249,7 +264,7 @@ fn diff(all: &ResourceMap, state: &DeltaType) -> Diff {
     }
     for name in candidates {
         match (all.get(name), state.held.get(name)) {
-            (Some(r), Some(Some(version))) if *version == r.version() => {
+            (Some(r), Some(Some(version))) if *version == r.version() && !resend.contains(name) => {
                 if !state.status.sent.contains_key(name) {
                     out.adopted.push(Arc::clone(r));
                 }
@@ -285,12 +300,19 @@ fn delta_resource(r: &Resource) -> DeltaResource {
 
 impl<S: ConfigSource> Delta<S> {
     /// Sends what changed of `kind` since the proxy's record, if anything
-    /// (or an empty response when `force`).
-    async fn push(&mut self, kind: ResourceType, force: bool, at: Instant) -> Result<(), Ended> {
+    /// (or an empty response when `force`), and the names in `resend` the
+    /// proxy is subscribed to. The names of the resources it sent.
+    async fn push(
+        &mut self,
+        kind: ResourceType,
+        force: bool,
+        resend: &BTreeSet<String>,
+        at: Instant,
+    ) -> Result<BTreeSet<String>, Ended> {
         let Some(state) = self.types.get(&kind) else {
-            return Ok(());
+            return Ok(BTreeSet::new());
         };
-        let diff = diff(self.session.view.of(kind), state);
+        let diff = diff(self.session.view.of(kind), state, resend);
         let mut sent = Arc::clone(&state.status.sent);
         if !diff.adopted.is_empty() || !diff.is_empty() {
             let map = Arc::make_mut(&mut sent);
@@ -308,7 +330,7 @@ impl<S: ConfigSource> Delta<S> {
                 state.status.sent = sent;
                 self.session.publish(kind, &state.status);
             }
-            return Ok(());
+            return Ok(BTreeSet::new());
         }
         let version = set_version(&sent);
         let nonce = self.session.next_nonce();
@@ -346,6 +368,6 @@ impl<S: ConfigSource> Delta<S> {
             state.status.sent_nonce = Some(nonce);
             self.session.publish(kind, &state.status);
         }
-        Ok(())
+        Ok(diff.changed.iter().map(|r| r.name.clone()).collect())
     }
 }

@@ -10,6 +10,7 @@
 //! bounds what a client can make the server hold or do.
 
 mod delta;
+mod grpc;
 pub mod limits;
 mod queue;
 pub mod registry;
@@ -19,6 +20,7 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
+pub use grpc::AdsService;
 pub use limits::Limits;
 pub use queue::ResponseStream;
 pub use registry::{
@@ -31,16 +33,13 @@ use stream::{Shared, drive};
 
 use crate::identity::Peer;
 use crate::view::ConfigSource;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::Stream;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
-use tonic::{Extensions, Request, Response, Status, Streaming};
+use tonic::{Extensions, Status, Streaming};
 use tracing::Instrument as _;
 
 /// The default [`PeerResolver`]: a [`Peer`] a transport layer put into the
@@ -131,16 +130,14 @@ impl<S: ConfigSource> AdsServer<S> {
         Arc::clone(&self.shared.stats)
     }
 
-    /// The tonic service to add to a `tonic::transport::Server`, with the
-    /// message size limits of [`Limits`].
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
-        let decode = self.shared.limits.max_request_bytes;
-        // Our own check in `Session::send` refuses larger responses with a
-        // clear log first; this is the backstop.
-        let encode = self.shared.limits.max_response_bytes;
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(decode)
-            .max_encoding_message_size(encode)
+    /// The gRPC service to add to a `tonic::transport::Server`: requests
+    /// decoded up to [`Limits::max_request_bytes`], responses framed one
+    /// buffer each (see `grpc.rs` for why not tonic's encoder). Our own
+    /// check in `Session::send` refuses responses past
+    /// [`Limits::max_response_bytes`] with a clear log first; the service
+    /// checks again as a backstop.
+    pub fn into_service(self) -> AdsService<Self> {
+        AdsService::new(self)
     }
 
     /// Serves one state-of-the-world stream from any request stream: spawns
@@ -183,26 +180,32 @@ impl<S: ConfigSource> AdsServer<S> {
     }
 }
 
-#[tonic::async_trait]
-impl<S: ConfigSource> AggregatedDiscoveryService for AdsServer<S> {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (metadata, extensions, requests) = request.into_parts();
-        let peer = (self.shared.peer_of)(&metadata, &extensions);
-        Ok(Response::new(self.serve_sotw(requests, peer)))
+impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
+    fn max_request_bytes(&self) -> usize {
+        self.shared.limits.max_request_bytes
     }
 
-    async fn delta_aggregated_resources(
+    fn max_response_bytes(&self) -> usize {
+        self.shared.limits.max_response_bytes
+    }
+
+    fn peer(&self, metadata: &MetadataMap, extensions: &Extensions) -> Peer {
+        (self.shared.peer_of)(metadata, extensions)
+    }
+
+    fn sotw(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (metadata, extensions, requests) = request.into_parts();
-        let peer = (self.shared.peer_of)(&metadata, &extensions);
-        Ok(Response::new(self.serve_delta(requests, peer)))
+        requests: Streaming<DiscoveryRequest>,
+        peer: Peer,
+    ) -> ResponseStream<DiscoveryResponse> {
+        self.serve_sotw(requests, peer)
+    }
+
+    fn delta(
+        &self,
+        requests: Streaming<DeltaDiscoveryRequest>,
+        peer: Peer,
+    ) -> ResponseStream<DeltaDiscoveryResponse> {
+        self.serve_delta(requests, peer)
     }
 }

@@ -109,7 +109,7 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
         if dirty {
             self.session.publish(kind, status);
         }
-        self.push(kind, changed, at).await
+        self.push(kind, changed, at).await.map(drop)
     }
 
     /// After a change: re-read the view and push what differs, in order.
@@ -120,8 +120,17 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
             Ok(false) => return Ok(()),
             Err(status) => return Err(self.session.fail(status).await),
         }
+        // Envoy re-creates a cluster that changed and keeps it warming
+        // until endpoints for it arrive, even unchanged ones: after clusters
+        // go out, endpoints go out too (as istiod and go-control-plane do),
+        // or the new cluster waits out Envoy's 15 s initial fetch timeout.
+        let mut clusters_sent = false;
         for kind in ResourceType::PUSH_ORDER {
-            self.push(kind, false, at).await?;
+            let force = kind == ResourceType::Endpoint && clusters_sent;
+            let sent = self.push(kind, force, at).await?;
+            if kind == ResourceType::Cluster {
+                clusters_sent = sent;
+            }
         }
         Ok(())
     }
@@ -129,18 +138,19 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
 
 impl<S: ConfigSource> Sotw<S> {
     /// Sends `kind` if the proxy subscribed to it and its version differs
-    /// from what was sent last (or `force`, after a subscription change).
-    async fn push(&mut self, kind: ResourceType, force: bool, at: Instant) -> Result<(), Ended> {
+    /// from what was sent last (or `force`: after a subscription change, or
+    /// endpoints after clusters). Whether it sent.
+    async fn push(&mut self, kind: ResourceType, force: bool, at: Instant) -> Result<bool, Ended> {
         let Some(status) = self.types.get(&kind) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(subscription) = &status.subscription else {
-            return Ok(());
+            return Ok(false);
         };
         let resources = select(self.session.view.of(kind), subscription);
         let version = set_version(&resources);
         if !force && status.sent_version.as_ref() == Some(&version) {
-            return Ok(());
+            return Ok(false);
         }
         let nonce = self.session.next_nonce();
         let response = DiscoveryResponse {
@@ -161,7 +171,7 @@ impl<S: ConfigSource> Sotw<S> {
             status.sent = resources;
             self.session.publish(kind, status);
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -147,9 +147,9 @@ impl CertificateAuthority {
 
     /// Signs a certificate for `identity` over the public key of a PKCS#10
     /// request whose key stays with the requester (a sidecar enrolling with
-    /// its service-account token). The request's signature is checked; its
-    /// subject and SANs are ignored: the certificate names only `identity`,
-    /// which the caller has authenticated.
+    /// its service-account token); [`CsrPublicKey::parse`] checked the
+    /// request's signature. Its subject and SANs are ignored: the
+    /// certificate names only `identity`, which the caller authenticated.
     pub fn issue_for_csr(
         &self,
         identity: &Identity,

@@ -114,57 +114,14 @@ pub fn publish_root(client: kube::Client, root_pem: String) -> JoinHandle<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use http_body_util::BodyExt;
-    use hyper::{Request, Response, StatusCode};
+    use crate::test_support::kube_mock::{self, Handle, Seen};
+    use hyper::StatusCode;
     use serde_json::{Value, json};
-
-    type Handle =
-        tower_test::mock::Handle<Request<kube::client::Body>, Response<kube::client::Body>>;
 
     const DEADLINE: Duration = Duration::from_secs(10);
 
-    struct Seen {
-        method: String,
-        uri: String,
-        content_type: String,
-        body: Value,
-    }
-
     async fn answer(handle: &mut Handle, status: StatusCode, body: Value) -> Seen {
-        let (request, reply) = tokio::time::timeout(DEADLINE, handle.next_request())
-            .await
-            .expect("a request in time")
-            .expect("a request");
-        let method = request.method().to_string();
-        let uri = request.uri().to_string();
-        let content_type = request
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        let bytes: Bytes = request
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        reply.send_response(
-            Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(kube::client::Body::from(
-                    serde_json::to_vec(&body).expect("JSON"),
-                ))
-                .expect("response"),
-        );
-        Seen {
-            method,
-            uri,
-            content_type,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        kube_mock::answer(handle, status, &body).await
     }
 
     fn namespace(name: &str, deleting: bool) -> Value {
@@ -178,8 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_namespace_but_one_being_deleted_gets_the_root_configmap() {
-        let (service, mut api) = tower_test::mock::pair();
-        let client = kube::Client::new(service, "default");
+        let (client, mut api) = kube_mock::client();
         let task = publish_root(client, "ROOT PEM".to_string());
 
         let list = answer(

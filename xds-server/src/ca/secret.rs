@@ -122,61 +122,17 @@ fn from_secret(secret: &Secret, namespace: &str, name: &str) -> anyhow::Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-    use http_body_util::BodyExt;
-    use hyper::{Request, Response, StatusCode};
-    use std::time::Duration;
-
-    type Handle =
-        tower_test::mock::Handle<Request<kube::client::Body>, Response<kube::client::Body>>;
-
-    const DEADLINE: Duration = Duration::from_secs(10);
-
-    fn client() -> (kube::Client, Handle) {
-        let (service, handle) = tower_test::mock::pair();
-        (kube::Client::new(service, "default"), handle)
-    }
+    use crate::test_support::kube_mock::{self, Handle, Reply, client, status};
+    use hyper::{Response, StatusCode};
 
     fn json(status: StatusCode, body: serde_json::Value) -> Response<kube::client::Body> {
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(kube::client::Body::from(
-                serde_json::to_vec(&body).expect("JSON"),
-            ))
-            .expect("response")
-    }
-
-    fn status(code: u16, reason: &str) -> serde_json::Value {
-        serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": reason, "reason": reason, "code": code
-        })
+        kube_mock::json_response(status, &body)
     }
 
     /// The next request: method, path, and body as JSON (if any).
-    async fn next(
-        handle: &mut Handle,
-    ) -> (
-        String,
-        String,
-        serde_json::Value,
-        tower_test::mock::SendResponse<Response<kube::client::Body>>,
-    ) {
-        let (request, reply) = tokio::time::timeout(DEADLINE, handle.next_request())
-            .await
-            .expect("a request in time")
-            .expect("a request");
-        let method = request.method().to_string();
-        let path = request.uri().path().to_string();
-        let bytes: Bytes = request
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-        (method, path, body, reply)
+    async fn next(handle: &mut Handle) -> (String, String, serde_json::Value, Reply) {
+        let (seen, reply) = kube_mock::next(handle).await;
+        (seen.method, seen.path, seen.body, reply)
     }
 
     const PATH: &str = "/api/v1/namespaces/istio-system/secrets";

@@ -1,6 +1,7 @@
 //! The debug and operations HTTP server: what every proxy was sent, whether
 //! it accepted it, which policy is in force where, and metrics.
 
+pub mod explain;
 pub mod sync;
 
 use crate::ads::{Registry, Stats};
@@ -43,6 +44,10 @@ const ENDPOINTS: &[(&str, &str)] = &[
         "effective server mode per workload port, client TLS per namespace and service port, conflicts (?format=text for a table)",
     ),
     (
+        "/debug/explain?from=WORKLOAD.NS&to=SVC.NS:PORT",
+        "one request: the client's sidecar, DestinationRules considered and merged, TLS per endpoint, server mode, predicted outcome",
+    ),
+    (
         "/debug/configz",
         "objects loaded and rejected, with the reason for each rejection",
     ),
@@ -61,6 +66,7 @@ pub fn router(state: DebugState) -> Router {
         .route("/debug/config_dump", get(config_dump))
         .route("/debug/syncz", get(syncz))
         .route("/debug/mtlsz", get(mtlsz))
+        .route("/debug/explain", get(explain_request))
         .route("/debug/configz", get(configz))
         .route("/debug/ca", get(ca))
         .route("/metrics", get(metrics))
@@ -255,6 +261,33 @@ async fn mtlsz(State(s): State<DebugState>, Query(q): Query<FormatQuery>) -> Res
         "warnings": warnings,
     }))
     .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct ExplainQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `/debug/explain?from=sleep.foo&to=httpbin.bar:8000`: one request, from
+/// the current translation (`translator::explain`).
+async fn explain_request(State(s): State<DebugState>, Query(q): Query<ExplainQuery>) -> Response {
+    let (Some(from), Some(to)) = (q.from, q.to) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "pass ?from=WORKLOAD.NAMESPACE&to=SERVICE.NAMESPACE:PORT".into(),
+        );
+    };
+    let Some(state) = s.snapshots.state() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration loaded yet".into(),
+        );
+    };
+    match translator::explain::explain(&state.mesh, &state.translation, &from, &to) {
+        Ok(e) => Json(e).into_response(),
+        Err(e) => error(StatusCode::NOT_FOUND, e.to_string()),
+    }
 }
 
 async fn configz(State(s): State<DebugState>) -> Response {

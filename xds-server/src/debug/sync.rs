@@ -87,7 +87,7 @@ pub fn mtlsz_text(mesh: &translator::model::Mesh, t: &Translation) -> String {
     }
     let _ = writeln!(
         out,
-        "\nCLIENT (outbound, per client namespace and service port)"
+        "\nCLIENT (outbound, per client namespace and service port; clients a workloadSelector rule selects get rows of their own)"
     );
     let _ = writeln!(
         out,
@@ -99,10 +99,29 @@ pub fn mtlsz_text(mesh: &translator::model::Mesh, t: &Translation) -> String {
             c.by.as_ref()
                 .map(|b| b.to_string())
                 .unwrap_or_else(|| "auto mTLS".into());
+        let auto = c.tls == "AUTO";
         let eps: Vec<String> = c
             .endpoints
             .iter()
-            .map(|e| format!("{}={}", e.workload, if e.mtls { "mTLS" } else { "plain" }))
+            .map(|e| {
+                let sends = if e.mtls { "mTLS" } else { "plain" };
+                let sends = match e.sends {
+                    translator::resolve::Sends::Simple | translator::resolve::Sends::Mutual => {
+                        e.sends.as_str()
+                    }
+                    _ => sends,
+                };
+                // The facts auto mTLS decided from: sidecar, server mode.
+                let facts = match (auto, e.sidecar, e.server_mode) {
+                    (false, _, _) => String::new(),
+                    (true, false, _) => "(no sidecar)".into(),
+                    (true, true, Some(m)) => {
+                        format!("(sidecar,{})", format!("{m:?}").to_uppercase())
+                    }
+                    (true, true, None) => "(sidecar)".into(),
+                };
+                format!("{}={sends}{facts}", e.workload)
+            })
             .collect();
         let _ = writeln!(
             out,
@@ -113,6 +132,23 @@ pub fn mtlsz_text(mesh: &translator::model::Mesh, t: &Translation) -> String {
             by,
             eps.join(",")
         );
+        if !c.selected_by.is_empty() {
+            let rules: Vec<String> = c.selected_by.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "{:<12} ^ clients {} (workloadSelector of {})",
+                "",
+                c.clients.join(", "),
+                rules.join(", ")
+            );
+        }
+        if c.rules.len() > 1 {
+            let rules: Vec<String> = c.rules.iter().map(ToString::to_string).collect();
+            let _ = writeln!(out, "{:<12} ^ merged: {}", "", rules.join(" + "));
+        }
+        if let Some(note) = &c.note {
+            let _ = writeln!(out, "{:<12} ^ {note}", "");
+        }
     }
     let _ = writeln!(out, "\nDIAGNOSTICS");
     if t.diagnostics.is_empty() {
@@ -122,4 +158,90 @@ pub fn mtlsz_text(mesh: &translator::model::Mesh, t: &Translation) -> String {
         let _ = writeln!(out, "{d}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use translator::model::MeshConfig;
+    use translator::model::build::{Addressing, mesh_from_yaml};
+
+    const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop, labels: {app: client}}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: canary, namespace: shop, labels: {app: canary}}
+spec: {containers: [{name: c, image: x}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {app: client}
+  ports: [{name: http, port: 80}]
+";
+
+    const RULES: &str = "
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: base, namespace: shop, creationTimestamp: '2024-01-01T00:00:00Z'}
+spec: {host: web, subsets: [{name: v1}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: newer, namespace: shop, creationTimestamp: '2024-01-02T00:00:00Z'}
+spec: {host: web, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: canary, namespace: shop}
+spec:
+  host: web
+  workloadSelector: {matchLabels: {app: canary}}
+  trafficPolicy: {tls: {mode: DISABLE}}
+";
+
+    fn text(yaml: &str) -> String {
+        let mesh = mesh_from_yaml(
+            &[("mesh.yaml".into(), yaml.into())],
+            MeshConfig::default(),
+            &Addressing::default(),
+        )
+        .expect("valid mesh");
+        mtlsz_text(&mesh, &translator::translate(&mesh))
+    }
+
+    #[test]
+    fn mtlsz_text_shows_selector_groups_and_merged_rules() {
+        let text = text(&format!("{BASE}{RULES}"));
+        for want in [
+            "^ clients shop/canary (workloadSelector of DestinationRule shop/canary)",
+            "^ merged: DestinationRule shop/base + DestinationRule shop/newer",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let canary_row = text
+            .lines()
+            .find(|l| l.starts_with("shop") && l.contains("DestinationRule shop/canary "))
+            .unwrap_or_else(|| panic!("no row for the canary's rule:\n{text}"));
+        assert!(canary_row.contains("DISABLE"), "{canary_row}");
+    }
+
+    #[test]
+    fn mtlsz_text_shows_the_facts_auto_mtls_decided_from() {
+        let text = text(BASE);
+        assert!(
+            text.contains("shop/client=mTLS(sidecar,PERMISSIVE)"),
+            "{text}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The sidecar's side of enrollment, run by `xds-server bootstrap
 //! --ca-addr`.
 
-use super::{CERTIFICATE_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
+use super::wire::{CERTIFICATE_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
 use crate::bootstrap::HostPort;
 use crate::ca::SecretString;
 use crate::identity::Identity;

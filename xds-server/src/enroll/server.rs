@@ -1,9 +1,9 @@
 //! The certificate endpoint: HTTPS, one path, bounded in connections,
 //! handshake time, request size and request time.
 
-use super::{
+use super::review::{ReviewError, TokenReviewer};
+use super::wire::{
     CERTIFICATE_PATH, CertificateRequest, CertificateResponse, ErrorResponse, MAX_REQUEST_BYTES,
-    ReviewError, TokenReviewer,
 };
 use crate::ca::{CertificateAuthority, CsrPublicKey};
 use bytes::Bytes;

@@ -6,11 +6,12 @@ use crate::bootstrap::HostPort;
 use crate::ca::CertificateAuthority;
 use crate::identity::Identity;
 use crate::test_support::TempDir;
+use crate::test_support::kube_mock::{self, Handle};
 use crate::xds_tls::{self, ServerCert};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,39 +22,11 @@ use tokio::net::TcpListener;
 const DEADLINE: Duration = Duration::from_secs(10);
 const TRUST_DOMAIN: &str = "cluster.local";
 
-type Handle = tower_test::mock::Handle<Request<kube::client::Body>, Response<kube::client::Body>>;
-
-fn mock_client() -> (kube::Client, Handle) {
-    let (service, handle) = tower_test::mock::pair();
-    (kube::Client::new(service, "default"), handle)
-}
-
 /// Answers the next request with `status` and `body`; returns the request's
 /// method, path and JSON body.
 async fn answer(handle: &mut Handle, status: StatusCode, body: Value) -> (String, String, Value) {
-    let (request, reply) = tokio::time::timeout(DEADLINE, handle.next_request())
-        .await
-        .expect("a request in time")
-        .expect("a request");
-    let method = request.method().to_string();
-    let path = request.uri().path().to_string();
-    let bytes: Bytes = request
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    let sent = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    reply.send_response(
-        Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(kube::client::Body::from(
-                serde_json::to_vec(&body).expect("JSON"),
-            ))
-            .expect("response"),
-    );
-    (method, path, sent)
+    let seen = kube_mock::answer(handle, status, &body).await;
+    (seen.method, seen.path, seen.body)
 }
 
 /// The API server's TokenReview answer with `status`.
@@ -68,7 +41,7 @@ fn review_answer(status: Value) -> Value {
 }
 
 async fn review_with(status: StatusCode, body: Value) -> (Result<Identity, ReviewError>, Value) {
-    let (client, mut api) = mock_client();
+    let (client, mut api) = kube_mock::client();
     let reviewer = KubeTokenReviewer::new(client, vec![DEFAULT_AUDIENCE.to_string()]);
     let review = tokio::spawn(async move { reviewer.review("the-token").await });
     let (method, path, sent) = answer(&mut api, status, body).await;

@@ -32,6 +32,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Streaming};
 use translator::ResourceType;
 use translator::{Interception, ProxyResources, Resource, ResourceMap};
 
@@ -242,7 +243,7 @@ pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-pub(super) type Service = AggregatedDiscoveryServiceServer<AdsServer<FakeSource>>;
+pub(super) type Service = AdsService<AdsServer<FakeSource>>;
 
 /// A gRPC client calling the server's service directly, in-process.
 pub(super) fn client(server: &AdsServer<FakeSource>) -> AggregatedDiscoveryServiceClient<Service> {
