@@ -193,3 +193,32 @@ fn captured_policy_added_then_deleted_changes_the_matrix_without_restarting_envo
     })
     .expect("the node's runtime");
 }
+
+/// A pod calling its own Service is DNATed back to itself (hairpin): it
+/// gets its answer as in a cluster, with and without a sidecar.
+#[test]
+fn captured_pods_reach_their_own_service() {
+    let test = "captured_pods_reach_their_own_service";
+    let paths = [
+        PathBuf::from("examples/tcp-passthrough/base"),
+        PathBuf::from("examples/tcp-passthrough/permissive"),
+    ];
+    let Some(rows) = captured_matrix(test, &paths, "app=sleep", "app=sleep") else {
+        return;
+    };
+    let cell = |from: &str, to: &str| {
+        rows.iter()
+            .find(|r| r.from == from && r.to == to)
+            .map(ProbeRow::cell)
+            .unwrap_or_else(|| "missing".into())
+    };
+    assert_eq!(
+        [
+            cell("sleep.foo", "sleep.foo:80"),
+            cell("sleep.legacy", "sleep.legacy:80"),
+        ],
+        ["200 mTLS", "200 plain"],
+        "{}",
+        render_matrix(&rows)
+    );
+}

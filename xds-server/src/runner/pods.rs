@@ -25,7 +25,7 @@ use super::netns::{self, Netns};
 use crate::capture::apply;
 use crate::capture::rules::{CaptureConfig, DEFAULT_PROXY_ID};
 use anyhow::{Context, bail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -46,6 +46,7 @@ pub const ADMIN_PORT: u16 = 15000;
 const BRIDGE: &str = "br0";
 const BRIDGE_MAC: &str = "02:42:0a:f4:00:01";
 const SERVICES_CHAIN: &str = "XDS-SERVICES";
+const HAIRPIN_CHAIN: &str = "XDS-HAIRPIN";
 
 /// The node namespace of one run.
 #[derive(Debug)]
@@ -115,7 +116,8 @@ impl Node {
             "iptables-restore",
             &["--noflush"],
             &format!(
-                "*nat\n:{SERVICES_CHAIN} - [0:0]\n-A PREROUTING -j {SERVICES_CHAIN}\nCOMMIT\n"
+                "*nat\n:{SERVICES_CHAIN} - [0:0]\n:{HAIRPIN_CHAIN} - [0:0]\n\
+                 -A PREROUTING -j {SERVICES_CHAIN}\n-A POSTROUTING -j {HAIRPIN_CHAIN}\nCOMMIT\n"
             ),
         )?;
         info!(netns = netns.name(), "node namespace ready");
@@ -181,6 +183,19 @@ impl Node {
         .with_context(|| format!("linking pod {}/{} to the node", w.namespace, w.name))?;
         self.netns
             .ip(&["link", "set", &peer, "master", BRIDGE, "up"])?;
+        // A pod calling its own Service is DNATed back to itself: the
+        // bridge must send the frame out of the port it came in by, as the
+        // bridge CNI plugin's hairpinMode does (the masquerade is in
+        // `sync_services`).
+        self.netns.ip(&[
+            "link",
+            "set",
+            &peer,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
         netns.ip(&["addr", "add", &format!("{ip}/16"), "dev", "eth0"])?;
         netns.ip(&["link", "set", "eth0", "up"])?;
         netns.ip(&["route", "add", "default", "via", &NODE_IP.to_string()])?;
@@ -204,7 +219,11 @@ impl Node {
         mesh: &Mesh,
         pods: &BTreeMap<(String, String), &Pod>,
     ) -> anyhow::Result<()> {
-        let mut rules = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n");
+        let mut rules = format!("*nat\n:{SERVICES_CHAIN} - [0:0]\n:{HAIRPIN_CHAIN} - [0:0]\n");
+        // kube-proxy masquerades a connection DNATed to the pod that made
+        // it: otherwise the pod receives a packet from its own address and
+        // drops it as martian.
+        let mut hairpins = BTreeSet::new();
         for (si, s) in mesh.services.iter().enumerate() {
             let Some(vip) = s.cluster_ip else { continue };
             let eps: Vec<&Workload> = mesh
@@ -222,6 +241,7 @@ impl Node {
                     .collect();
                 let n = targets.len();
                 for (i, (ip, port)) in targets.iter().enumerate() {
+                    hairpins.insert(*ip);
                     // Each endpoint equally likely, as kube-proxy does it:
                     // 1/n, then 1/(n-1) of the rest, ..., the last always.
                     let pick = if i + 1 < n {
@@ -238,6 +258,11 @@ impl Node {
                     ));
                 }
             }
+        }
+        for ip in hairpins {
+            rules.push_str(&format!(
+                "-A {HAIRPIN_CHAIN} -s {ip}/32 -d {ip}/32 -m conntrack --ctstate DNAT -j MASQUERADE\n"
+            ));
         }
         rules.push_str("COMMIT\n");
         run_with_input(&self.netns, "iptables-restore", &["--noflush"], &rules)
