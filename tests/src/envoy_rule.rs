@@ -93,16 +93,7 @@ pub fn require_envoy(test: &str) -> Option<PathBuf> {
         EnvoyDecision::Run(path) => Some(path),
         EnvoyDecision::Fail(message) => panic!("{test}: {message}"),
         EnvoyDecision::Skip(note) => {
-            if let Some(report) = std::env::var_os(SKIP_REPORT_VAR).filter(|r| !r.is_empty())
-                && let Err(error) = append_line(Path::new(&report), test)
-            {
-                panic!(
-                    "{test}: skipped, but the skip cannot be recorded in \
-                     {SKIP_REPORT_VAR}={}: {error}",
-                    Path::new(&report).display()
-                );
-            }
-            eprintln!("note: SKIPPED {test}: {note}");
+            record_skip(test, &note);
             None
         }
     }
@@ -111,6 +102,24 @@ pub fn require_envoy(test: &str) -> Option<PathBuf> {
 /// Appends `line` and a newline to `path` (created if missing) in one
 /// `write_all` on a file opened with `O_APPEND`, so test processes that
 /// append at the same time do not interleave their lines.
+/// Says that `test` was skipped, and why, and records it in
+/// `XDS_SKIP_REPORT` (test.sh counts them).
+///
+/// # Panics
+/// When the skip cannot be recorded.
+pub fn record_skip(test: &str, note: &str) {
+    if let Some(report) = std::env::var_os(SKIP_REPORT_VAR).filter(|r| !r.is_empty())
+        && let Err(error) = append_line(Path::new(&report), test)
+    {
+        panic!(
+            "{test}: skipped, but the skip cannot be recorded in \
+             {SKIP_REPORT_VAR}={}: {error}",
+            Path::new(&report).display()
+        );
+    }
+    eprintln!("note: SKIPPED {test}: {note}");
+}
+
 pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)

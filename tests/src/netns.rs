@@ -2,27 +2,9 @@
 //! `ip netns add`, removed on drop (also when the test panics), with every
 //! link inside them. Call [`crate::require_root`] first.
 
-use anyhow::{Context, bail};
-use std::process::Command;
+use anyhow::Context;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Runs a command, returning its stdout; an error with its stderr when it
-/// fails.
-pub fn run(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program} {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    String::from_utf8(out.stdout).with_context(|| format!("{program} printed non-UTF-8"))
-}
+pub use xds_server::runner::netns::run;
 
 /// A network namespace of this test process, deleted on drop.
 #[derive(Debug)]

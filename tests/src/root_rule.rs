@@ -7,8 +7,7 @@
 //! around that is an explicit opt-out, `XDS_SKIP_ROOT=1`, refused under CI;
 //! a skip is appended to `XDS_SKIP_REPORT` like an Envoy skip.
 
-use crate::envoy_rule::{SKIP_REPORT_VAR, append_line, running_in_ci};
-use std::path::Path;
+use crate::envoy_rule::{record_skip, running_in_ci};
 
 /// Set (to anything but empty, `0` or `false`) to skip the tests that need
 /// root when not run as root. Refused under CI.
@@ -94,16 +93,7 @@ pub fn require_root(test: &str) -> bool {
         RootDecision::Run => true,
         RootDecision::Fail(message) => panic!("{test}: {message}"),
         RootDecision::Skip(note) => {
-            if let Some(report) = std::env::var_os(SKIP_REPORT_VAR).filter(|r| !r.is_empty())
-                && let Err(error) = append_line(Path::new(&report), test)
-            {
-                panic!(
-                    "{test}: skipped, but the skip cannot be recorded in \
-                     {SKIP_REPORT_VAR}={}: {error}",
-                    Path::new(&report).display()
-                );
-            }
-            eprintln!("note: SKIPPED {test}: {note}");
+            record_skip(test, &note);
             false
         }
     }

@@ -55,6 +55,14 @@ fn captured_stage_3_workload_strict_resets_legacy_to_bar_only() {
     );
 }
 
+/// The cell `from -> to` of a probed matrix, `missing` if it was not probed.
+fn cell(rows: &[ProbeRow], from: &str, to: &str) -> String {
+    rows.iter()
+        .find(|r| r.from == from && r.to == to)
+        .map(ProbeRow::cell)
+        .unwrap_or_else(|| "missing".into())
+}
+
 /// sleep.{foo,legacy} -> [tcp-echo.foo:9000 (TCP Service), tcp-echo-0.foo:9100
 /// (the pod's port no Service targets)].
 fn tcp_and_passthrough(test: &str, stage: &str, expected: [[&str; 2]; 2]) {
@@ -65,12 +73,7 @@ fn tcp_and_passthrough(test: &str, stage: &str, expected: [[&str; 2]; 2]) {
     let Some(rows) = captured_matrix(test, &paths, "app=sleep", "app=tcp-echo") else {
         return;
     };
-    let cell = |from: &str, to: &str| {
-        rows.iter()
-            .find(|r| r.from == from && r.to == to)
-            .map(ProbeRow::cell)
-            .unwrap_or_else(|| "missing".into())
-    };
+    let cell = |from: &str, to: &str| cell(&rows, from, to);
     let got = [
         [
             cell("sleep.foo", "tcp-echo.foo:9000"),
@@ -206,12 +209,7 @@ fn captured_pods_reach_their_own_service() {
     let Some(rows) = captured_matrix(test, &paths, "app=sleep", "app=sleep") else {
         return;
     };
-    let cell = |from: &str, to: &str| {
-        rows.iter()
-            .find(|r| r.from == from && r.to == to)
-            .map(ProbeRow::cell)
-            .unwrap_or_else(|| "missing".into())
-    };
+    let cell = |from: &str, to: &str| cell(&rows, from, to);
     assert_eq!(
         [
             cell("sleep.foo", "sleep.foo:80"),
