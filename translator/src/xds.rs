@@ -3,6 +3,7 @@
 //! them between proxies (`Arc`), the ADS server sends them as they are.
 
 use envoy_types::pb::google::protobuf::Any;
+use prost::bytes::Bytes;
 use prost::{Message, Name};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -79,6 +80,10 @@ pub struct Resource {
     pub body: Any,
     /// Stable content hash of `body`; the per-resource version in delta xDS.
     pub hash: u64,
+    /// `body` encoded as a `google.protobuf.Any`, once: every response that
+    /// carries this resource, to any number of proxies, copies these bytes
+    /// instead of encoding the message again.
+    wire: Bytes,
 }
 
 impl fmt::Debug for Resource {
@@ -94,17 +99,7 @@ impl fmt::Debug for Resource {
 
 impl Resource {
     pub fn new<M: Message + Name>(name: impl Into<String>, kind: ResourceType, msg: &M) -> Self {
-        let value = msg.encode_to_vec();
-        let hash = fnv1a(&value);
-        Resource {
-            name: name.into(),
-            kind,
-            body: Any {
-                type_url: M::type_url(),
-                value,
-            },
-            hash,
-        }
+        Self::from_encoded::<M>(name, kind, msg.encode_to_vec())
     }
 
     /// A resource from bytes already encoded as message `M` (see
@@ -115,15 +110,24 @@ impl Resource {
         value: Vec<u8>,
     ) -> Self {
         let hash = fnv1a(&value);
+        let body = Any {
+            type_url: M::type_url(),
+            value,
+        };
+        let wire = Bytes::from(body.encode_to_vec());
         Resource {
             name: name.into(),
             kind,
-            body: Any {
-                type_url: M::type_url(),
-                value,
-            },
+            body,
             hash,
+            wire,
         }
+    }
+
+    /// The resource encoded as a `google.protobuf.Any` message (without a
+    /// field key): what a response's `resources` field carries.
+    pub fn wire(&self) -> &Bytes {
+        &self.wire
     }
 
     /// The per-resource version string (hex of the content hash).

@@ -25,7 +25,7 @@ use std::sync::Arc;
 const NOT_CAPTURED_INBOUND: [u16; 5] = [15008, 15020, 15021, 15090, INBOUND_CAPTURE_PORT];
 
 /// Everything one captured sidecar gets, in shared pieces.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct CapturePlan {
     /// `virtualInbound`: this workload's own.
     pub inbound_listener: Arc<ResourceMap>,

@@ -17,20 +17,40 @@
 use super::limits::{self, Limits, Refusal};
 use super::registry::{Nack, Subscription, TypeStatus};
 use super::stream::{Ended, Session, Variant};
+use super::wire::DeltaResponse;
 use crate::view::ConfigSource;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use translator::xds::set_version;
 use translator::{Resource, ResourceMap, ResourceType};
 
-/// What the proxy holds of one name: `Some(version)`, or `None` when we
-/// told it the resource does not exist.
-type Held = BTreeMap<String, Option<String>>;
+/// What the proxy holds of one name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    /// The content hash of the version it has ([`Resource::hash`]; the
+    /// version string is its hex): 8 bytes per name, not a string.
+    Hash(u64),
+    /// A version a reconnecting proxy reports that is not one of ours:
+    /// matches nothing, so the resource is sent.
+    Foreign,
+    /// We told it the resource does not exist.
+    Absent,
+}
+
+impl Version {
+    /// A version string from `initial_resource_versions`.
+    fn parse(version: &str) -> Version {
+        match u64::from_str_radix(version, 16) {
+            Ok(hash) if version.len() == 16 => Version::Hash(hash),
+            _ => Version::Foreign,
+        }
+    }
+}
+
+type Held = BTreeMap<String, Version>;
 
 #[derive(Default)]
 struct DeltaType {
@@ -40,13 +60,17 @@ struct DeltaType {
 
 /// One delta stream after it was identified.
 pub(super) struct Delta<S: ConfigSource> {
-    session: Session<S, DeltaDiscoveryResponse>,
+    session: Session<S, DeltaResponse>,
     types: BTreeMap<ResourceType, DeltaType>,
+    /// Per type, the view's map the last diff was made against (see
+    /// `Sotw::decided_from`): the same map, with no subscription change
+    /// since, has nothing new to send.
+    diffed_from: BTreeMap<ResourceType, Arc<ResourceMap>>,
 }
 
 impl<S: ConfigSource> Variant<S> for Delta<S> {
     type Request = DeltaDiscoveryRequest;
-    type Response = DeltaDiscoveryResponse;
+    type Response = DeltaResponse;
     const DELTA: bool = true;
 
     fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
@@ -57,14 +81,15 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
         limits::check_delta(limits, request)
     }
 
-    fn new(session: Session<S, DeltaDiscoveryResponse>) -> Self {
+    fn new(session: Session<S, DeltaResponse>) -> Self {
         Delta {
             session,
             types: BTreeMap::new(),
+            diffed_from: BTreeMap::new(),
         }
     }
 
-    fn session(&self) -> &Session<S, DeltaDiscoveryResponse> {
+    fn session(&self) -> &Session<S, DeltaResponse> {
         &self.session
     }
 
@@ -144,7 +169,10 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
         if first {
             state.held = initial_resource_versions
                 .into_iter()
-                .map(|(name, version)| (name, Some(version)))
+                .map(|(name, version)| {
+                    let version = Version::parse(&version);
+                    (name, version)
+                })
                 .collect();
         } else if !initial_resource_versions.is_empty() {
             tracing::debug!(%kind, "ignoring initial_resource_versions after the first request");
@@ -202,6 +230,7 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
         if !changed {
             return Ok(());
         }
+        self.diffed_from.remove(&kind);
         self.push(kind, first, &BTreeSet::new(), at).await.map(drop)
     }
 
@@ -264,15 +293,15 @@ fn diff(all: &ResourceMap, state: &DeltaType, resend: &BTreeSet<String>) -> Diff
     }
     for name in candidates {
         match (all.get(name), state.held.get(name)) {
-            (Some(r), Some(Some(version))) if *version == r.version() && !resend.contains(name) => {
+            (Some(r), Some(Version::Hash(hash))) if *hash == r.hash && !resend.contains(name) => {
                 if !state.status.sent.contains_key(name) {
                     out.adopted.push(Arc::clone(r));
                 }
             }
             (Some(r), _) => out.changed.push(Arc::clone(r)),
-            (None, Some(Some(_))) => out.removed.push(name.to_string()),
+            (None, Some(Version::Hash(_) | Version::Foreign)) => out.removed.push(name.to_string()),
             // Already told it does not exist.
-            (None, Some(None)) => {}
+            (None, Some(Version::Absent)) => {}
             // Asked for by name but does not exist: say so, so the proxy
             // does not wait for it (the xDS spec's way for delta).
             (None, None) => {
@@ -285,17 +314,11 @@ fn diff(all: &ResourceMap, state: &DeltaType, resend: &BTreeSet<String>) -> Diff
     out
 }
 
-fn delta_resource(r: &Resource) -> DeltaResource {
-    DeltaResource {
-        name: r.name.clone(),
-        resource_name: None,
-        aliases: Vec::new(),
-        version: r.version(),
-        resource: Some(r.body.clone()),
-        ttl: None,
-        cache_control: None,
-        metadata: None,
-    }
+/// Whether `subscription` covers every resource of `all`.
+fn covers_all(all: &ResourceMap, subscription: Option<&Subscription>) -> bool {
+    subscription.is_some_and(|s| {
+        s.wildcard || (s.names.len() >= all.len() && all.keys().all(|name| s.names.contains(name)))
+    })
 }
 
 impl<S: ConfigSource> Delta<S> {
@@ -312,9 +335,23 @@ impl<S: ConfigSource> Delta<S> {
         let Some(state) = self.types.get(&kind) else {
             return Ok(BTreeSet::new());
         };
-        let diff = diff(self.session.view.of(kind), state, resend);
+        let all = self.session.view.of(kind);
+        let unchanged = self
+            .diffed_from
+            .get(&kind)
+            .is_some_and(|from| Arc::ptr_eq(from, all));
+        if unchanged && !force && resend.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        self.diffed_from.insert(kind, Arc::clone(all));
+        let diff = diff(all, state, resend);
         let mut sent = Arc::clone(&state.status.sent);
-        if !diff.adopted.is_empty() || !diff.is_empty() {
+        if covers_all(all, state.status.subscription.as_ref()) {
+            // After this push the proxy holds exactly the view's map (the
+            // diff removes what it no longer has): share it rather than
+            // keep a copy per stream.
+            sent = Arc::clone(all);
+        } else if !diff.adopted.is_empty() || !diff.is_empty() {
             let map = Arc::make_mut(&mut sent);
             for r in diff.adopted.iter().chain(&diff.changed) {
                 map.insert(r.name.clone(), Arc::clone(r));
@@ -334,22 +371,19 @@ impl<S: ConfigSource> Delta<S> {
         }
         let version = set_version(&sent);
         let nonce = self.session.next_nonce();
-        let response = DeltaDiscoveryResponse {
+        let response = DeltaResponse {
             system_version_info: version.clone(),
-            resources: diff.changed.iter().map(|r| delta_resource(r)).collect(),
-            type_url: kind.type_url().to_string(),
-            removed_resources: diff.removed.clone(),
-            removed_resource_names: Vec::new(),
+            kind,
             nonce: nonce.clone(),
-            control_plane: None,
-            resource_errors: Vec::new(),
+            resources: diff.changed.clone(),
+            removed: diff.removed.clone(),
         };
         self.session.send(response).await?;
         self.session.stats().record_push(kind, at.elapsed());
         tracing::debug!(%kind, %version, %nonce, changed = diff.changed.len(), removed = diff.removed.len(), "sent");
         if let Some(state) = self.types.get_mut(&kind) {
             for r in &diff.changed {
-                state.held.insert(r.name.clone(), Some(r.version()));
+                state.held.insert(r.name.clone(), Version::Hash(r.hash));
             }
             for name in diff.removed {
                 let named = state
@@ -358,7 +392,7 @@ impl<S: ConfigSource> Delta<S> {
                     .as_ref()
                     .is_some_and(|s| s.names.contains(&name));
                 if named {
-                    state.held.insert(name, None);
+                    state.held.insert(name, Version::Absent);
                 } else {
                     state.held.remove(&name);
                 }

@@ -11,6 +11,7 @@
 //! memory with hundreds of sidecars connected (BENCHMARKS.md).
 
 use super::queue::ResponseStream;
+use super::wire::{DeltaResponse, Encode, SotwResponse};
 use crate::identity::Peer;
 use bytes::{BufMut, Bytes, BytesMut};
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -50,12 +51,12 @@ pub trait Streams: Clone + Send + 'static {
         &self,
         requests: Streaming<DiscoveryRequest>,
         peer: Peer,
-    ) -> ResponseStream<DiscoveryResponse>;
+    ) -> ResponseStream<SotwResponse>;
     fn delta(
         &self,
         requests: Streaming<DeltaDiscoveryRequest>,
         peer: Peer,
-    ) -> ResponseStream<DeltaDiscoveryResponse>;
+    ) -> ResponseStream<DeltaResponse>;
 }
 
 /// The ADS server as a gRPC service.
@@ -91,8 +92,8 @@ where
     /// Opening a stream only spawns its task: nothing to wait for here.
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let response = match request.uri().path() {
-            SOTW_PATH => self.open(request, T::sotw),
-            DELTA_PATH => self.open(request, T::delta),
+            SOTW_PATH => self.open::<_, DiscoveryResponse, _, _>(request, T::sotw),
+            DELTA_PATH => self.open::<_, DeltaDiscoveryResponse, _, _>(request, T::delta),
             path => Status::unimplemented(format!("no method {path}")).into_http(),
         };
         std::future::ready(Ok(response))
@@ -101,15 +102,18 @@ where
 
 impl<T: Streams> AdsService<T> {
     /// Decodes the request stream, starts the stream's task with `serve`,
-    /// and answers with a body that frames its responses.
-    fn open<Req, Resp, B>(
+    /// and answers with a body that frames its responses. `Message` is the
+    /// protobuf type of the responses (for tonic's codec); `Resp` is how
+    /// they are held until written.
+    fn open<Req, Message, Resp, B>(
         &self,
         request: http::Request<B>,
         serve: impl FnOnce(&T, Streaming<Req>, Peer) -> ResponseStream<Resp>,
     ) -> http::Response<Body>
     where
         Req: prost::Message + Default + Send + 'static,
-        Resp: prost::Message + Send + 'static,
+        Message: prost::Message + Send + 'static,
+        Resp: Encode,
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
     {
@@ -126,7 +130,7 @@ impl<T: Streams> AdsService<T> {
         let max_request = self.streams.max_request_bytes();
         let max_response = self.streams.max_response_bytes();
         let (parts, body) = request.into_parts();
-        let mut codec = ProstCodec::<Resp, Req>::default();
+        let mut codec = ProstCodec::<Message, Req>::default();
         let requests = Streaming::new_request(codec.decoder(), body, None, Some(max_request));
         // tonic's view of the headers and extensions (where the transport
         // put the peer's certificate).
@@ -168,7 +172,7 @@ impl<R> ResponseBody<R> {
 }
 
 /// `message` as one length-prefixed gRPC message in a buffer of its own.
-fn frame<R: prost::Message>(message: &R, max: usize) -> Result<Bytes, Status> {
+fn frame<R: Encode>(message: &R, max: usize) -> Result<Bytes, Status> {
     let len = message.encoded_len();
     let prefix = u32::try_from(len)
         .ok()
@@ -182,13 +186,11 @@ fn frame<R: prost::Message>(message: &R, max: usize) -> Result<Bytes, Status> {
     let mut buf = BytesMut::with_capacity(HEADER_SIZE + len);
     buf.put_u8(0);
     buf.put_u32(prefix);
-    message
-        .encode(&mut buf)
-        .map_err(|e| Status::internal(format!("encoding a response: {e}")))?;
+    message.encode(&mut buf);
     Ok(buf.freeze())
 }
 
-impl<R: prost::Message + Send + 'static> HttpBody for ResponseBody<R> {
+impl<R: Encode> HttpBody for ResponseBody<R> {
     type Data = Bytes;
     type Error = Status;
 
@@ -228,16 +230,18 @@ impl<R: prost::Message + Send + 'static> HttpBody for ResponseBody<R> {
 mod tests {
     use super::super::queue::response_queue;
     use super::*;
-    use envoy_types::pb::google::protobuf::Any;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use http_body_util::BodyExt;
+    use std::sync::Arc;
     use std::time::Duration;
     use tower::ServiceExt;
+    use translator::{Resource, ResourceType};
 
     /// Streams whose every SotW stream sends `responses`, then ends with
     /// `end` (or OK); delta streams end at once.
     #[derive(Clone)]
     struct Scripted {
-        responses: Vec<DiscoveryResponse>,
+        responses: Vec<SotwResponse>,
         end: Option<Status>,
     }
 
@@ -258,7 +262,7 @@ mod tests {
             &self,
             _requests: Streaming<DiscoveryRequest>,
             _peer: Peer,
-        ) -> ResponseStream<DiscoveryResponse> {
+        ) -> ResponseStream<SotwResponse> {
             let (tx, rx) = response_queue(16, Duration::from_secs(5));
             let (responses, end) = (self.responses.clone(), self.end.clone());
             tokio::spawn(async move {
@@ -276,19 +280,21 @@ mod tests {
             &self,
             _requests: Streaming<DeltaDiscoveryRequest>,
             _peer: Peer,
-        ) -> ResponseStream<DeltaDiscoveryResponse> {
+        ) -> ResponseStream<DeltaResponse> {
             response_queue(1, Duration::from_secs(5)).1
         }
     }
 
-    fn response(version: &str, size: usize) -> DiscoveryResponse {
-        DiscoveryResponse {
+    fn response(version: &str, size: usize) -> SotwResponse {
+        SotwResponse {
             version_info: version.into(),
-            resources: vec![Any {
-                type_url: "t".into(),
-                value: vec![7; size],
-            }],
-            ..Default::default()
+            kind: ResourceType::Cluster,
+            nonce: String::new(),
+            resources: vec![Arc::new(Resource::from_encoded::<Cluster>(
+                "c",
+                ResourceType::Cluster,
+                vec![7; size],
+            ))],
         }
     }
 
@@ -389,14 +395,16 @@ mod tests {
     #[test]
     fn a_response_is_one_length_prefixed_message_in_a_buffer_of_its_size() {
         let message = response("v1", 300);
-        let len = prost::Message::encoded_len(&message);
+        let len = message.encoded_len();
         let bytes = frame(&message, 1024).expect("fits");
         assert_eq!(bytes.len(), HEADER_SIZE + len);
         assert_eq!(bytes[0], 0, "not compressed");
         assert_eq!(bytes[1..5], (len as u32).to_be_bytes());
         let decoded: DiscoveryResponse =
             prost::Message::decode(&bytes[HEADER_SIZE..]).expect("decodes");
-        assert_eq!(decoded, message);
+        assert_eq!(decoded.version_info, "v1");
+        assert_eq!(decoded.resources.len(), 1);
+        assert_eq!(decoded.resources[0], message.resources[0].body);
 
         let status = frame(&message, len - 1).expect_err("over the limit");
         assert_eq!(status.code(), Code::ResourceExhausted);

@@ -19,6 +19,7 @@ pub mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 pub use grpc::AdsService;
 pub use limits::Limits;
@@ -28,14 +29,13 @@ pub use registry::{
 };
 pub use stats::{Histogram, Stats};
 pub use stream::{PeerResolver, RESPONSE_QUEUE, status_of};
+pub use wire::{DeltaResponse, Encode, SotwResponse};
 
 use stream::{Shared, drive};
 
 use crate::identity::Peer;
 use crate::view::ConfigSource;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures::Stream;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
@@ -143,7 +143,7 @@ impl<S: ConfigSource> AdsServer<S> {
     /// Serves one state-of-the-world stream from any request stream: spawns
     /// the stream's task and returns its responses. The gRPC method is a thin
     /// wrapper around this; other transports and tests can call it directly.
-    pub fn serve_sotw<In>(&self, requests: In, peer: Peer) -> ResponseStream<DiscoveryResponse>
+    pub fn serve_sotw<In>(&self, requests: In, peer: Peer) -> ResponseStream<SotwResponse>
     where
         In: Stream<Item = Result<DiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
@@ -161,11 +161,7 @@ impl<S: ConfigSource> AdsServer<S> {
     }
 
     /// Serves one delta (incremental) stream; see [`AdsServer::serve_sotw`].
-    pub fn serve_delta<In>(
-        &self,
-        requests: In,
-        peer: Peer,
-    ) -> ResponseStream<DeltaDiscoveryResponse>
+    pub fn serve_delta<In>(&self, requests: In, peer: Peer) -> ResponseStream<DeltaResponse>
     where
         In: Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Send + Unpin + 'static,
     {
@@ -197,7 +193,7 @@ impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
         &self,
         requests: Streaming<DiscoveryRequest>,
         peer: Peer,
-    ) -> ResponseStream<DiscoveryResponse> {
+    ) -> ResponseStream<SotwResponse> {
         self.serve_sotw(requests, peer)
     }
 
@@ -205,7 +201,7 @@ impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
         &self,
         requests: Streaming<DeltaDiscoveryRequest>,
         peer: Peer,
-    ) -> ResponseStream<DeltaDiscoveryResponse> {
+    ) -> ResponseStream<DeltaResponse> {
         self.serve_delta(requests, peer)
     }
 }

@@ -19,9 +19,10 @@
 use super::limits::{self, Limits, Refusal};
 use super::registry::{Nack, Subscription, TypeStatus};
 use super::stream::{Ended, Session, Variant};
+use super::wire::SotwResponse;
 use crate::view::ConfigSource;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -30,13 +31,18 @@ use translator::{ResourceMap, ResourceType};
 
 /// One state-of-the-world stream after it was identified.
 pub(super) struct Sotw<S: ConfigSource> {
-    session: Session<S, DiscoveryResponse>,
+    session: Session<S, SotwResponse>,
     types: BTreeMap<ResourceType, TypeStatus>,
+    /// Per type, the view's map the last push decision was made from. The
+    /// snapshots keep a map whose content did not change across
+    /// generations, so the same map under the same subscription means
+    /// nothing to send, found without hashing anything.
+    decided_from: BTreeMap<ResourceType, Arc<ResourceMap>>,
 }
 
 impl<S: ConfigSource> Variant<S> for Sotw<S> {
     type Request = DiscoveryRequest;
-    type Response = DiscoveryResponse;
+    type Response = SotwResponse;
     const DELTA: bool = false;
 
     fn node(request: &DiscoveryRequest) -> Option<&Node> {
@@ -47,14 +53,15 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
         limits::check_sotw(limits, request)
     }
 
-    fn new(session: Session<S, DiscoveryResponse>) -> Self {
+    fn new(session: Session<S, SotwResponse>) -> Self {
         Sotw {
             session,
             types: BTreeMap::new(),
+            decided_from: BTreeMap::new(),
         }
     }
 
-    fn session(&self) -> &Session<S, DiscoveryResponse> {
+    fn session(&self) -> &Session<S, SotwResponse> {
         &self.session
     }
 
@@ -147,20 +154,26 @@ impl<S: ConfigSource> Sotw<S> {
         let Some(subscription) = &status.subscription else {
             return Ok(false);
         };
-        let resources = select(self.session.view.of(kind), subscription);
+        let all = self.session.view.of(kind);
+        let unchanged = self
+            .decided_from
+            .get(&kind)
+            .is_some_and(|from| Arc::ptr_eq(from, all));
+        if !force && unchanged {
+            return Ok(false);
+        }
+        self.decided_from.insert(kind, Arc::clone(all));
+        let resources = select(all, subscription);
         let version = set_version(&resources);
         if !force && status.sent_version.as_ref() == Some(&version) {
             return Ok(false);
         }
         let nonce = self.session.next_nonce();
-        let response = DiscoveryResponse {
+        let response = SotwResponse {
             version_info: version.clone(),
-            resources: resources.values().map(|r| r.body.clone()).collect(),
-            canary: false,
-            type_url: kind.type_url().to_string(),
+            kind,
             nonce: nonce.clone(),
-            control_plane: None,
-            resource_errors: Vec::new(),
+            resources: resources.values().cloned().collect(),
         };
         self.session.send(response).await?;
         self.session.stats().record_push(kind, at.elapsed());
@@ -186,9 +199,13 @@ fn sotw_subscription(kind: ResourceType, names: Vec<String>) -> Subscription {
 }
 
 /// The resources of `all` that `subscription` covers. Shares the map when
-/// it covers everything.
+/// it covers everything (a wildcard, or EDS naming every cluster), so a
+/// stream keeps no copy of the names the view already holds.
 fn select(all: &Arc<ResourceMap>, subscription: &Subscription) -> Arc<ResourceMap> {
-    if subscription.wildcard {
+    let names = &subscription.names;
+    if subscription.wildcard
+        || (names.len() >= all.len() && all.keys().all(|name| names.contains(name)))
+    {
         return Arc::clone(all);
     }
     Arc::new(

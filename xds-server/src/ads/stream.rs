@@ -7,6 +7,7 @@ use super::limits::{Limit, Limits, Refusal};
 use super::queue::{Responder, Unsent};
 use super::registry::{ConnectionId, ConnectionStatus, Registry, TypeStatus};
 use super::stats::Stats;
+use super::wire::Encode;
 use crate::identity::Peer;
 use crate::view::{ConfigSource, ProxyView, ViewError, interception_of};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -63,7 +64,7 @@ pub(super) struct Shared<S> {
 /// stream; [`drive`] runs the loop common to both.
 pub(super) trait Variant<S: ConfigSource>: Sized + Send {
     type Request: Send + 'static;
-    type Response: prost::Message + Send + 'static;
+    type Response: Encode;
     /// Whether this is the delta variant (for the registry).
     const DELTA: bool;
 
@@ -261,7 +262,7 @@ pub(super) struct Session<S: ConfigSource, R> {
     _registered: Registered<S>,
 }
 
-impl<S: ConfigSource, R: prost::Message> Session<S, R> {
+impl<S: ConfigSource, R: Encode> Session<S, R> {
     /// Identifies the stream from its first request and registers it, or
     /// ends it with a status saying why it cannot be served. Returns the
     /// change signal, already marked seen as of the view it fetched.

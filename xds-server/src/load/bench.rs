@@ -3,6 +3,7 @@
 //! `serve` process on it, run the load with its changes, stop the server;
 //! then one table with a column per protocol.
 
+use super::floor;
 use super::meshgen::{self, MeshSpec};
 use super::proxy::Backoff;
 use super::report::RunReport;
@@ -54,6 +55,23 @@ pub async fn bench(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRun>> {
     std::fs::create_dir_all(&opts.work_dir)
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;
     let mesh = meshgen::generate(&opts.spec)?;
+    let addressing = Addressing {
+        pod_net: std::net::Ipv4Addr::new(127, 16, 0, 0),
+        app_net: None,
+        service_net: None,
+    };
+    // Once, before any server runs, so nothing competes with it.
+    let floor_dir = opts.work_dir.join("mesh-floor");
+    meshgen::write(&mesh, &floor_dir)?;
+    let floor = floor::measure(
+        &floor_dir,
+        &MeshConfig::default(),
+        &addressing,
+        opts.proxies,
+    )
+    .await
+    .context("measuring the floor")?;
+    tracing::info!(?floor, "measured the floor");
     let mut runs = Vec::new();
     for &delta in &opts.protocols {
         let name = if delta { "delta" } else { "sotw" };
@@ -79,11 +97,7 @@ pub async fn bench(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRun>> {
             state_dir,
             // `serve`'s defaults, which the server was started with.
             mesh: MeshConfig::default(),
-            addressing: Addressing {
-                pod_net: std::net::Ipv4Addr::new(127, 16, 0, 0),
-                app_net: None,
-                service_net: None,
-            },
+            addressing: addressing.clone(),
             delta,
             proxies: Some(opts.proxies),
             sync_timeout: opts.sync_timeout,
@@ -98,7 +112,8 @@ pub async fn bench(opts: &BenchOptions) -> anyhow::Result<Vec<BenchRun>> {
         let outcome = run(&run_opts).await;
         // Stopped whatever the run's outcome.
         let stopped = server.stop().await;
-        let report = outcome?;
+        let mut report = outcome?;
+        report.floor = Some(floor);
         stopped?;
         runs.push(BenchRun {
             report,

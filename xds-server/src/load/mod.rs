@@ -9,11 +9,13 @@
 //!   pure state machine (subscribe, decode, ACK/NACK, follow names);
 //! - `proxy`, `tls`: that client over a real stream, with reconnects;
 //! - `record`, `report`: what was observed, and the table;
-//! - `run`, `bench`, `server`, `procstat`: the runs and the server process.
+//! - `run`, `bench`, `server`, `procstat`: the runs and the server process;
+//! - `floor`: the least a full push to N proxies can cost, to compare with.
 
 pub mod bench;
 pub mod cli;
 pub mod delta;
+pub mod floor;
 pub mod follow;
 pub mod meshgen;
 pub mod procstat;

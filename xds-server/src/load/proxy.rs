@@ -206,3 +206,42 @@ async fn stream_once<P: Protocol, C: Connect>(
         }
     }
 }
+
+/// The sidecars of the mesh in `config_dir`, as the server sees them:
+/// every workload with a sidecar, sorted by namespace and name.
+pub fn proxies_of(
+    config_dir: &std::path::Path,
+    mesh: &translator::model::MeshConfig,
+    addressing: &translator::model::build::Addressing,
+) -> anyhow::Result<Vec<ProxySpec>> {
+    let snapshot = crate::source::files::FileLoader::new(vec![config_dir.to_path_buf()]).load();
+    if let Some(error) = snapshot.errors.first() {
+        anyhow::bail!(
+            "{} has {} invalid object(s), the first: {error}",
+            config_dir.display(),
+            snapshot.errors.len()
+        );
+    }
+    let (built, _) = snapshot.build_mesh(mesh.clone(), addressing);
+    Ok(built
+        .workloads
+        .iter()
+        .filter(|w| w.sidecar)
+        .enumerate()
+        .map(|(index, w)| ProxySpec {
+            index,
+            node_id: crate::identity::NodeId::format(
+                &w.ip.to_string(),
+                &w.name,
+                &w.namespace,
+                &mesh.cluster_domain,
+            ),
+            namespace: w.namespace.clone(),
+            pod: w.name.clone(),
+            identity: crate::identity::Identity {
+                namespace: w.namespace.clone(),
+                service_account: w.service_account.clone(),
+            },
+        })
+        .collect())
+}

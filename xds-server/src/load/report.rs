@@ -119,6 +119,9 @@ pub struct RunReport {
     pub namespace_changes: Vec<ChangeResult>,
     /// CPU the load generator itself used (it shares the machine).
     pub load_cpu: Duration,
+    /// The floor for a full push to as many proxies (`floor.rs`), when
+    /// measured.
+    pub floor: Option<super::floor::Floor>,
 }
 
 fn median(mut values: Vec<u64>) -> u64 {
@@ -318,6 +321,28 @@ pub fn table(runs: &[RunReport]) -> String {
         row("  worst per-proxy p99 of a change", &|r| rows_of(r).2);
         row("  server CPU per change (p50)", &|r| rows_of(r).3);
     }
+    row(
+        "floor: encode one full push once, write it to N sockets",
+        &|r| {
+            r.floor.map_or_else(
+                || "-".into(),
+                |f| {
+                    format!(
+                        "{} s (encode {} s, {})",
+                        secs(f.total()),
+                        secs(f.encode),
+                        bytes(f.bytes)
+                    )
+                },
+            )
+        },
+    );
+    row("  initial sync max / floor", &|r| match (r.floor, r.sync) {
+        (Some(f), Some(sync)) if !f.total().is_zero() => {
+            format!("{:.1}x", sync.max.as_secs_f64() / f.total().as_secs_f64())
+        }
+        _ => "-".into(),
+    });
     row("NACKs", &|r| r.nacks.to_string());
     row("load generator CPU (same machine)", &|r| {
         format!("{} s", secs(r.load_cpu))

@@ -8,14 +8,12 @@
 
 use super::meshgen::{self, CHANGE_NAMESPACE, CHANGE_NAMESPACE_MODE, MESH_MODE, MESH_POLICY_FILE};
 use super::procstat;
-use super::proxy::{self, Backoff, Connect, ProxySpec};
+use super::proxy::{self, Backoff, Connect, ProxySpec, proxies_of};
 use super::record::Recorder;
 use super::report::{self, ChangeResult, RunReport, ServerUsage};
 use super::tls::TlsConnect;
 use super::{delta::Delta, sotw::Sotw};
 use crate::ca::CertificateAuthority;
-use crate::identity::{Identity, NodeId};
-use crate::source::files::FileLoader;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,45 +58,6 @@ pub struct RunOptions {
     pub backoff: Backoff,
     /// How long a connection (TCP and TLS) may take.
     pub connect_timeout: Duration,
-}
-
-/// The sidecars of the mesh in `config_dir`, as the server sees them:
-/// every workload with a sidecar, sorted by namespace and name.
-pub fn proxies_of(
-    config_dir: &std::path::Path,
-    mesh: &MeshConfig,
-    addressing: &Addressing,
-) -> anyhow::Result<Vec<ProxySpec>> {
-    let snapshot = FileLoader::new(vec![config_dir.to_path_buf()]).load();
-    if let Some(error) = snapshot.errors.first() {
-        bail!(
-            "{} has {} invalid object(s), the first: {error}",
-            config_dir.display(),
-            snapshot.errors.len()
-        );
-    }
-    let (built, _) = snapshot.build_mesh(mesh.clone(), addressing);
-    Ok(built
-        .workloads
-        .iter()
-        .filter(|w| w.sidecar)
-        .enumerate()
-        .map(|(index, w)| ProxySpec {
-            index,
-            node_id: NodeId::format(
-                &w.ip.to_string(),
-                &w.name,
-                &w.namespace,
-                &mesh.cluster_domain,
-            ),
-            namespace: w.namespace.clone(),
-            pod: w.name.clone(),
-            identity: Identity {
-                namespace: w.namespace.clone(),
-                service_account: w.service_account.clone(),
-            },
-        })
-        .collect())
 }
 
 /// Runs the load against the server at `opts.xds_addr` over mutual TLS.

@@ -68,8 +68,12 @@ impl Fixture {
         let fixture = Fixture {
             server: AdsServer::new(Arc::clone(&snapshots)),
             snapshots,
-            proxies: run::proxies_of(&mesh_dir(&dir), &MeshConfig::default(), &addressing())
-                .expect("proxies"),
+            proxies: super::super::proxy::proxies_of(
+                &mesh_dir(&dir),
+                &MeshConfig::default(),
+                &addressing(),
+            )
+            .expect("proxies"),
             dir,
         };
         fixture.reload();
@@ -435,11 +439,12 @@ async fn a_run_over_mutual_tls_syncs_every_sidecar_and_measures_each_change() {
     assert_eq!(report.nacks, 0);
     assert!(report.full_push_bytes > 0);
     assert_eq!(report.mesh_changes.len(), 2);
-    let in_change_namespace = run::proxies_of(&mesh, &MeshConfig::default(), &addressing())
-        .expect("proxies")
-        .iter()
-        .filter(|p| p.namespace == meshgen::CHANGE_NAMESPACE)
-        .count();
+    let in_change_namespace =
+        super::super::proxy::proxies_of(&mesh, &MeshConfig::default(), &addressing())
+            .expect("proxies")
+            .iter()
+            .filter(|p| p.namespace == meshgen::CHANGE_NAMESPACE)
+            .count();
     for change in &report.mesh_changes {
         assert!(change.pushed > 0 && change.last_ack.is_some(), "{change:?}");
     }
