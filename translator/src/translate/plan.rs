@@ -25,8 +25,10 @@ pub struct ProxyPlan {
     pub outbound_clusters: Arc<ResourceMap>,
     /// Shared by all proxies.
     pub endpoints: Arc<ResourceMap>,
-    /// Shared by the proxies of one namespace.
+    /// Shared by the proxies of one namespace (and Sidecar scope).
     pub routes: Arc<ResourceMap>,
+    /// The Sidecar that scopes the outbound pieces; `None`: every service.
+    pub sidecar: Option<crate::model::ObjectRef>,
 }
 
 impl ProxyPlan {
