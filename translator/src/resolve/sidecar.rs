@@ -353,6 +353,231 @@ fn host_matches(fqdn: &str, pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::build::{Addressing, mesh_from_yaml};
+
+    /// Services a.foo (80, 8080), b.bar (80), c.baz (80); a sidecar pod
+    /// per namespace (`app: x`), plus `app: y` in foo.
+    const BASE: &str = "
+apiVersion: v1
+kind: Namespace
+metadata: {name: foo, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bar, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: baz, labels: {istio-injection: enabled}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: foo}
+spec: {selector: {app: x}, ports: [{name: http, port: 80}, {name: http-alt, port: 8080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: bar}
+spec: {selector: {app: x}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: baz}
+spec: {selector: {app: x}, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: x, namespace: foo, labels: {app: x}}
+spec: {containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: y, namespace: foo, labels: {app: y}}
+spec: {containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: x, namespace: bar, labels: {app: x}}
+spec: {containers: [{name: c, image: i}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: x, namespace: baz, labels: {app: x}}
+spec: {containers: [{name: c, image: i}]}
+";
+
+    fn sidecar(ns: &str, name: &str, age: u8, selector: Option<&str>, hosts: &[&str]) -> String {
+        let sel = selector
+            .map(|app| format!("  workloadSelector: {{labels: {{app: {app}}}}}\n"))
+            .unwrap_or_default();
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+             metadata: {{name: {name}, namespace: {ns}, creationTimestamp: '2024-01-{age:02}T00:00:00Z'}}\n\
+             spec:\n{sel}  egress:\n  - hosts: {hosts:?}\n"
+        )
+    }
+
+    /// Per workload `ns/pod`: the deciding Sidecar and `svc.ns:port` in scope
+    /// (`None`: no Sidecar), and the diagnostics.
+    fn resolve(extra: &[String]) -> (BTreeMap<String, Option<(String, Vec<String>)>>, Vec<String>) {
+        let yaml = format!("{BASE}{}", extra.concat());
+        let mesh = mesh_from_yaml(
+            &[("t.yaml".into(), yaml)],
+            Default::default(),
+            &Addressing::default(),
+        )
+        .expect("valid");
+        let mut diags = Vec::new();
+        let mut scopes = SidecarScopes::new(&mesh, &mut diags);
+        let mut out = BTreeMap::new();
+        for (wi, w) in mesh.workloads.iter().enumerate() {
+            let scope = scopes.for_workload(wi, w, &mut diags).map(|s| {
+                let names = s
+                    .imports
+                    .iter()
+                    .flat_map(|(&si, ports)| {
+                        let svc = &mesh.services[si];
+                        ports
+                            .iter()
+                            .map(move |p| format!("{}.{}:{p}", svc.name, svc.namespace))
+                    })
+                    .collect();
+                (s.by.to_string(), names)
+            });
+            out.insert(format!("{}/{}", w.namespace, w.name), scope);
+        }
+        scopes.unmatched_hosts(&mut diags);
+        diags.sort();
+        (out, diags.iter().map(ToString::to_string).collect())
+    }
+
+    fn got<'a>(
+        r: &'a BTreeMap<String, Option<(String, Vec<String>)>>,
+        w: &str,
+    ) -> Option<(&'a str, Vec<&'a str>)> {
+        r[w].as_ref()
+            .map(|(by, s)| (by.as_str(), s.iter().map(String::as_str).collect()))
+    }
+
+    #[test]
+    fn without_any_sidecar_every_workload_gets_every_service() {
+        let (r, diags) = resolve(&[]);
+        assert!(r.values().all(Option::is_none), "{r:?}");
+        assert_eq!(diags, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_selector_sidecar_beats_the_namespace_default_which_beats_the_root_default() {
+        let (r, _) = resolve(&[
+            sidecar("istio-system", "mesh", 1, None, &["./*"]),
+            sidecar("foo", "default", 2, None, &["bar/*"]),
+            sidecar("foo", "for-y", 3, Some("y"), &["baz/*"]),
+        ]);
+        assert_eq!(
+            got(&r, "foo/y"),
+            Some(("Sidecar foo/for-y", vec!["c.baz:80"]))
+        );
+        assert_eq!(
+            got(&r, "foo/x"),
+            Some(("Sidecar foo/default", vec!["b.bar:80"]))
+        );
+        // No Sidecar in bar or baz: the root default, `.` = their own namespace.
+        assert_eq!(
+            got(&r, "bar/x"),
+            Some(("Sidecar istio-system/mesh", vec!["b.bar:80"]))
+        );
+        assert_eq!(
+            got(&r, "baz/x"),
+            Some(("Sidecar istio-system/mesh", vec!["c.baz:80"]))
+        );
+    }
+
+    #[test]
+    fn a_root_sidecar_with_a_selector_is_no_mesh_default() {
+        let (r, _) = resolve(&[sidecar("istio-system", "sel", 1, Some("x"), &["*/*"])]);
+        assert!(r.values().all(Option::is_none), "{r:?}");
+    }
+
+    #[test]
+    fn the_oldest_wins_at_each_level_and_the_others_are_reported() {
+        let (r, diags) = resolve(&[
+            sidecar("foo", "newer", 5, None, &["baz/*"]),
+            sidecar("foo", "older", 4, None, &["bar/*"]),
+            sidecar("foo", "sel-newer", 3, Some("x"), &["baz/*"]),
+            sidecar("foo", "sel-older", 2, Some("x"), &["foo/*"]),
+        ]);
+        assert_eq!(
+            got(&r, "foo/x"),
+            Some(("Sidecar foo/sel-older", vec!["a.foo:80", "a.foo:8080"]))
+        );
+        assert_eq!(
+            got(&r, "foo/y"),
+            Some(("Sidecar foo/older", vec!["b.bar:80"]))
+        );
+        assert!(
+            diags.iter().any(|d| d.contains(
+                "Sidecar foo/newer: spec.workloadSelector: is ignored: the older Sidecar foo/older"
+            )),
+            "{diags:#?}"
+        );
+        assert!(
+            diags.iter().any(|d| d.contains("Sidecar foo/sel-newer: spec.workloadSelector: is ignored for foo/x: the older Sidecar foo/sel-older")),
+            "{diags:#?}"
+        );
+    }
+
+    #[test]
+    fn own_namespace_hosts_first_then_wildcard_namespace_and_exclusions_win() {
+        let (r, _) = resolve(&[sidecar(
+            "foo",
+            "s",
+            1,
+            None,
+            &["bar/nothing.bar.svc.cluster.local", "*/*", "~baz/*"],
+        )]);
+        // bar/ names no b, but */* still imports it (Istio falls back); baz
+        // is excluded; a.foo comes from */*.
+        assert_eq!(
+            got(&r, "foo/x"),
+            Some(("Sidecar foo/s", vec!["b.bar:80", "a.foo:80", "a.foo:8080"]))
+        );
+    }
+
+    #[test]
+    fn an_egress_port_imports_only_that_port() {
+        let yaml = "---\napiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+             metadata: {name: s, namespace: foo}\nspec:\n  egress:\n  \
+             - port: {number: 8080, protocol: HTTP, name: http}\n    hosts: [\"./*\"]\n";
+        let (r, diags) = resolve(&[yaml.to_string()]);
+        assert_eq!(
+            got(&r, "foo/x"),
+            Some(("Sidecar foo/s", vec!["a.foo:8080"]))
+        );
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.contains("spec.egress[0].port: imports only service port 8080")),
+            "{diags:#?}"
+        );
+    }
+
+    #[test]
+    fn hosts_that_match_no_service_are_reported() {
+        let (_, diags) = resolve(&[sidecar(
+            "foo",
+            "s",
+            1,
+            None,
+            &["./*", "bar/typo.bar.svc.cluster.local", "*/*.example.com"],
+        )]);
+        assert_eq!(
+            diags,
+            [
+                "warning: Sidecar foo/s: spec.egress[0].hosts[1]: \"bar/typo.bar.svc.cluster.local\" imports no service: it matches no service of the mesh",
+                "warning: Sidecar foo/s: spec.egress[0].hosts[2]: \"*/*.example.com\" imports no service: it matches no service of the mesh",
+            ]
+        );
+    }
 
     #[test]
     fn wildcard_hosts_match_as_istio_hostnames_do() {
