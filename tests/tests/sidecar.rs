@@ -60,8 +60,11 @@ async fn a_scoped_sidecar_gets_only_its_namespaces_clusters_and_reaches_only_tho
         std::fs::copy(e.path(), config.join(e.file_name())).expect("copy");
     }
     std::fs::write(config.join("sidecar.yaml"), SIDECAR).expect("write Sidecar");
-    let Some(opts) = options(test, std::slice::from_ref(&config), scratch.path().join("work"))
-    else {
+    let Some(opts) = options(
+        test,
+        std::slice::from_ref(&config),
+        scratch.path().join("work"),
+    ) else {
         return;
     };
     let mesh = start(opts).await;

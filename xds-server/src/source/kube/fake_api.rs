@@ -246,6 +246,23 @@ impl FakeApi {
         );
     }
 
+    /// Serves only `kinds` (kind, plural) of `group` at `versions`: a
+    /// cluster where one CRD of a group is installed and another is not.
+    pub fn serve_kinds(
+        &self,
+        group: &'static str,
+        versions: &[&'static str],
+        kinds: &[(&'static str, &'static str)],
+    ) {
+        self.lock().groups.insert(
+            group,
+            Group {
+                versions: versions.to_vec(),
+                kinds: kinds.to_vec(),
+            },
+        );
+    }
+
     /// Creates or replaces an object (the API server's ADDED or MODIFIED);
     /// returns its new resource version.
     pub fn apply(&self, plural: &'static str, mut object: Value) -> u64 {
