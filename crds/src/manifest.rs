@@ -582,7 +582,7 @@ impl Output<'_> {
                 Object::DestinationRule(Box::new(dr))
             }),
             Kind::Sidecar => self.typed(ctx, json).map(|sc: Sidecar| {
-                self.field_errors(ctx, validate::sidecar(&sc));
+                self.field_errors(ctx, sidecar::validate(&sc));
                 Object::Sidecar(Box::new(sc))
             }),
         };

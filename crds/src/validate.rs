@@ -32,9 +32,6 @@ impl FieldError {
     }
 }
 
-/// Checks a Sidecar (see [`crate::sidecar::validate`]).
-pub use crate::sidecar::validate as sidecar;
-
 /// Checks a PeerAuthentication as istiod does (`ValidatePeerAuthentication` and the
 /// CRD's CEL rules): port-level mTLS needs a selector and at least one entry, keys
 /// must be ports, and selector labels must be valid Kubernetes labels.

@@ -419,7 +419,10 @@ spec: {containers: [{name: c, image: i}]}
 
     /// Per workload `ns/pod`: the deciding Sidecar and `svc.ns:port` in scope
     /// (`None`: no Sidecar), and the diagnostics.
-    fn resolve(extra: &[String]) -> (BTreeMap<String, Option<(String, Vec<String>)>>, Vec<String>) {
+    /// Per workload: (deciding Sidecar, service ports in scope).
+    type Resolved = BTreeMap<String, Option<(String, Vec<String>)>>;
+
+    fn resolve(extra: &[String]) -> (Resolved, Vec<String>) {
         let yaml = format!("{BASE}{}", extra.concat());
         let mesh = mesh_from_yaml(
             &[("t.yaml".into(), yaml)],
@@ -451,10 +454,7 @@ spec: {containers: [{name: c, image: i}]}
         (out, diags.iter().map(ToString::to_string).collect())
     }
 
-    fn got<'a>(
-        r: &'a BTreeMap<String, Option<(String, Vec<String>)>>,
-        w: &str,
-    ) -> Option<(&'a str, Vec<&'a str>)> {
+    fn got<'a>(r: &'a Resolved, w: &str) -> Option<(&'a str, Vec<&'a str>)> {
         r[w].as_ref()
             .map(|(by, s)| (by.as_str(), s.iter().map(String::as_str).collect()))
     }
