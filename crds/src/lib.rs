@@ -1,7 +1,7 @@
 //! Istio-compatible resource types: the first stage of the pipeline.
 //!
-//! - [`peer_authentication`] and [`destination_rule`]: the two Istio kinds this
-//!   control plane acts on, with the same groups, versions and fields as Istio, so
+//! - [`peer_authentication`], [`destination_rule`] and [`sidecar`]: the Istio
+//!   kinds this control plane acts on, with the same groups, versions and fields as Istio, so
 //!   the same YAML works with `kubectl apply` and from files.
 //! - [`validate`]: Istio's validation rules, as diagnostics naming the field.
 //! - [`manifest`]: parsing the YAML a user would `kubectl apply` (multi-document,
@@ -20,6 +20,7 @@ pub mod destination_rule;
 pub mod manifest;
 pub mod peer_authentication;
 pub mod schema;
+pub mod sidecar;
 #[doc(hidden)]
 pub mod test_support;
 pub mod validate;
@@ -32,6 +33,10 @@ pub use destination_rule::{
 };
 pub use manifest::{Object, ObjectError, Parsed, Skipped, parse_documents, read_documents};
 pub use peer_authentication::{MtlsMode, MutualTls, PeerAuthentication, PeerAuthenticationSpec};
+pub use sidecar::{
+    IstioEgressListener, OutboundTrafficMode, OutboundTrafficPolicy, Sidecar, SidecarPort,
+    SidecarSpec, SidecarWorkloadSelector,
+};
 pub use validate::FieldError;
 pub use workload_selector::WorkloadSelector;
 
@@ -39,7 +44,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 
 /// Every CRD this project defines, in a fixed order (by CRD name).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![destination_rule::crd(), peer_authentication::crd()]
+    vec![
+        destination_rule::crd(),
+        peer_authentication::crd(),
+        sidecar::crd(),
+    ]
 }
 
 /// The CRD manifests as `(file name, YAML)` pairs, the file name being the CRD

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::destination_rule::{self, DestinationRule};
 use crate::peer_authentication::{self, PeerAuthentication};
+use crate::sidecar::{self, Sidecar};
 use crate::{schema, validate, yaml};
 
 /// One object read from a file, of a kind this project understands (or a note that
@@ -35,6 +36,8 @@ pub enum Object {
     PeerAuthentication(PeerAuthentication),
     /// A DestinationRule (networking.istio.io/v1, v1beta1 or v1alpha3), already validated.
     DestinationRule(Box<DestinationRule>),
+    /// A Sidecar (networking.istio.io/v1, v1beta1 or v1alpha3), already validated.
+    Sidecar(Box<Sidecar>),
     /// A kind this project does not read; the caller warns once per kind.
     Skipped(Skipped),
 }
@@ -126,6 +129,7 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::PeerAuthentication(_) => "PeerAuthentication",
             Object::DestinationRule(_) => "DestinationRule",
+            Object::Sidecar(_) => "Sidecar",
             Object::Skipped(s) => &s.kind,
         }
     }
@@ -140,6 +144,7 @@ impl Object {
             Object::Pod(o) => Some(&o.metadata),
             Object::PeerAuthentication(o) => Some(&o.metadata),
             Object::DestinationRule(o) => Some(&o.metadata),
+            Object::Sidecar(o) => Some(&o.metadata),
             Object::Skipped(_) => None,
         }
     }
@@ -155,6 +160,7 @@ enum Kind {
     Pod,
     PeerAuthentication,
     DestinationRule,
+    Sidecar,
 }
 
 impl Kind {
@@ -167,6 +173,7 @@ impl Kind {
             "Pod" => Kind::Pod,
             "PeerAuthentication" => Kind::PeerAuthentication,
             "DestinationRule" => Kind::DestinationRule,
+            "Sidecar" => Kind::Sidecar,
             _ => return None,
         })
     }
@@ -178,6 +185,7 @@ impl Kind {
             Kind::Deployment => ("apps", &["v1"]),
             Kind::PeerAuthentication => (peer_authentication::GROUP, peer_authentication::VERSIONS),
             Kind::DestinationRule => (destination_rule::GROUP, destination_rule::VERSIONS),
+            Kind::Sidecar => (sidecar::GROUP, sidecar::VERSIONS),
         }
     }
 
@@ -212,9 +220,12 @@ impl Kind {
             LazyLock::new(|| spec_schema_of(peer_authentication::crd()));
         static DR: LazyLock<Option<JSONSchemaProps>> =
             LazyLock::new(|| spec_schema_of(destination_rule::crd()));
+        static SC: LazyLock<Option<JSONSchemaProps>> =
+            LazyLock::new(|| spec_schema_of(sidecar::crd()));
         match self {
             Kind::PeerAuthentication => PA.as_ref(),
             Kind::DestinationRule => DR.as_ref(),
+            Kind::Sidecar => SC.as_ref(),
             _ => None,
         }
     }
@@ -590,6 +601,10 @@ impl Output<'_> {
             Kind::DestinationRule => self.typed(ctx, json).map(|dr: DestinationRule| {
                 self.field_errors(ctx, validate::destination_rule(&dr));
                 Object::DestinationRule(Box::new(dr))
+            }),
+            Kind::Sidecar => self.typed(ctx, json).map(|sc: Sidecar| {
+                self.field_errors(ctx, sidecar::validate(&sc));
+                Object::Sidecar(Box::new(sc))
             }),
         };
         if let Some(object) = object

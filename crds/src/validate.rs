@@ -24,7 +24,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         FieldError {
             field: field.into(),
             reason: reason.into(),
@@ -379,7 +379,7 @@ fn selector_labels(selector: &WorkloadSelector, path: &str, errors: &mut Vec<Fie
     labels(&selector.match_labels, path, errors);
 }
 
-fn labels(labels: &BTreeMap<String, String>, path: &str, errors: &mut Vec<FieldError>) {
+pub(crate) fn labels(labels: &BTreeMap<String, String>, path: &str, errors: &mut Vec<FieldError>) {
     for (key, value) in labels {
         if let Some(reason) = label_key_problem(key) {
             errors.push(FieldError::new(format!("{path}[{key}]"), reason));

@@ -125,7 +125,8 @@ fn manifests_are_one_multi_document_yaml_with_every_crd() {
         names,
         [
             "destinationrules.networking.istio.io",
-            "peerauthentications.security.istio.io"
+            "peerauthentications.security.istio.io",
+            "sidecars.networking.istio.io"
         ]
     );
     assert!(text.starts_with("apiVersion: apiextensions.k8s.io/v1\n"));

@@ -542,3 +542,51 @@ fn a_type_error_in_a_kubernetes_object_names_the_field() {
         "{errors:?}"
     );
 }
+
+#[test]
+fn sidecar_is_accepted_in_v1_v1beta1_and_v1alpha3_with_istios_selector_labels() {
+    for version in ["v1", "v1beta1", "v1alpha3"] {
+        let text = format!(
+            "apiVersion: networking.istio.io/{version}\nkind: Sidecar\n\
+             metadata: {{name: s, namespace: foo}}\n\
+             spec:\n  workloadSelector: {{labels: {{app: sleep}}}}\n  \
+             egress:\n  - port: {{number: 8000, protocol: HTTP, name: http}}\n    hosts: [bar/*]\n  \
+             - hosts: [./*, istio-system/*]\n  outboundTrafficPolicy: {{mode: REGISTRY_ONLY}}\n"
+        );
+        let parsed = parse_ok(&text);
+        let Object::Sidecar(sc) = &parsed[0].object else {
+            panic!("a Sidecar: {parsed:?}")
+        };
+        assert_eq!(
+            sc.selector_labels()
+                .and_then(|l| l.get("app"))
+                .map(String::as_str),
+            Some("sleep")
+        );
+        assert_eq!(sc.spec.egress[1].hosts, ["./*", "istio-system/*"]);
+    }
+}
+
+#[test]
+fn a_sidecar_with_a_bad_host_is_an_error_naming_object_and_field() {
+    assert_eq!(
+        parse_errors(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: foo}\n\
+             spec: {egress: [{hosts: [httpbin.bar.svc.cluster.local]}]}\n"
+        ),
+        [
+            "policies.yaml (document 0): Sidecar foo/s: spec.egress[0].hosts[0]: host \
+             \"httpbin.bar.svc.cluster.local\" must be of form namespace/dnsName"
+        ]
+    );
+    // `matchLabels` is PeerAuthentication's selector, not the Sidecar's.
+    let errors = parse_errors(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s, namespace: foo}\n\
+         spec: {workloadSelector: {matchLabels: {app: a}}, egress: [{hosts: [./*]}]}\n",
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("spec.workloadSelector.matchLabels: unknown field"),
+        "{errors:?}"
+    );
+}

@@ -73,6 +73,8 @@ pub struct ApiServerOptions {
     pub peer_authentication_versions: Vec<String>,
     /// Versions of networking.istio.io DestinationRule served.
     pub destination_rule_versions: Vec<String>,
+    /// Versions of Sidecar served; empty: its CRD is not installed.
+    pub sidecar_versions: Vec<String>,
     /// BOOKMARKs to every watch that allows them, this often; `None`: only
     /// on [`ApiServer::bookmark`].
     pub bookmark_interval: Option<Duration>,
@@ -89,6 +91,7 @@ impl Default for ApiServerOptions {
         ApiServerOptions {
             peer_authentication_versions: vec!["v1".into(), "v1beta1".into()],
             destination_rule_versions: vec!["v1".into(), "v1beta1".into(), "v1alpha3".into()],
+            sidecar_versions: vec!["v1".into(), "v1beta1".into(), "v1alpha3".into()],
             bookmark_interval: Some(Duration::from_secs(1)),
             max_watch_timeout: None,
         }
@@ -121,6 +124,7 @@ impl ApiServer {
         let mut state = State::new(addr);
         state.serve(Kind::PeerAuthentication, &opts.peer_authentication_versions)?;
         state.serve(Kind::DestinationRule, &opts.destination_rule_versions)?;
+        state.serve(Kind::Sidecar, &opts.sidecar_versions)?;
         let (changes, _) = watch::channel(0);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),

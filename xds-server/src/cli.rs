@@ -43,7 +43,7 @@ pub enum Command {
         #[command(flatten)]
         mesh: MeshArgs,
     },
-    /// Print the CustomResourceDefinitions (PeerAuthentication, DestinationRule).
+    /// Print the CustomResourceDefinitions (PeerAuthentication, DestinationRule, Sidecar).
     Crds,
     /// Run a whole mesh on this machine: the control plane, a stock Envoy per sidecar, an echo app per workload; print the connectivity matrix.
     Up(UpArgs),
@@ -258,7 +258,7 @@ impl MeshArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// Directory or file of Kubernetes YAML (Namespaces, Services, Deployments, Pods, PeerAuthentications, DestinationRules); may repeat. Watched for changes.
+    /// Directory or file of Kubernetes YAML (Namespaces, Services, Deployments, Pods, PeerAuthentications, DestinationRules, Sidecars); may repeat. Watched for changes.
     #[arg(
         long = "config-dir",
         env = "XDS_CONFIG_DIR",
@@ -267,7 +267,7 @@ pub struct ServeArgs {
         conflicts_with = "kube"
     )]
     pub config_dirs: Vec<PathBuf>,
-    /// Watch a Kubernetes API server (in-cluster config, else $KUBECONFIG or ~/.kube/config) instead of --config-dir: Namespaces, Services, Pods, PeerAuthentications, DestinationRules. A pod has a sidecar when its spec shows one (label security.istio.io/tlsMode=istio or an istio-proxy container); only Ready pods are endpoints.
+    /// Watch a Kubernetes API server (in-cluster config, else $KUBECONFIG or ~/.kube/config) instead of --config-dir: Namespaces, Services, Pods, PeerAuthentications, DestinationRules, Sidecars. A pod has a sidecar when its spec shows one (label security.istio.io/tlsMode=istio or an istio-proxy container); only Ready pods are endpoints.
     #[arg(long, env = "XDS_KUBE")]
     pub kube: bool,
     /// The kubeconfig for --kube.

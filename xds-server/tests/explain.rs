@@ -278,3 +278,43 @@ fn service(mesh: &translator::model::Mesh) -> usize {
         .position(|s| s.namespace == "legacy" && s.name == "httpbin")
         .expect("httpbin.legacy exists")
 }
+
+#[test]
+fn explain_says_a_service_outside_the_clients_sidecar_scope_has_no_route() {
+    let dir = TempDir::new("sidecar");
+    std::fs::write(
+        dir.0.join("sidecar.yaml"),
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+         metadata: {name: own-only, namespace: foo}\nspec: {egress: [{hosts: [\"./*\"]}]}\n",
+    )
+    .expect("write Sidecar");
+    let dirs = format!(
+        "{},{}",
+        root().join("examples/article/base").display(),
+        dir.0.display()
+    );
+    let explain = |to: &str| {
+        run(bin().args([
+            "explain",
+            "--from",
+            "sleep.foo",
+            "--to",
+            to,
+            "--config-dir",
+            &dirs,
+        ]))
+    };
+    let (out, stdout, stderr) = explain("httpbin.bar:8000");
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("outbound scope: Sidecar foo/own-only"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("no route: out of the client's Sidecar scope"),
+        "{stdout}"
+    );
+    // In scope: the usual prediction.
+    let (_, stdout, _) = explain("httpbin.foo:8000");
+    assert!(!stdout.contains("no route"), "{stdout}");
+}

@@ -13,10 +13,11 @@ pub enum Kind {
     Secret,
     PeerAuthentication,
     DestinationRule,
+    Sidecar,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
@@ -24,15 +25,17 @@ impl Kind {
         Kind::Secret,
         Kind::PeerAuthentication,
         Kind::DestinationRule,
+        Kind::Sidecar,
     ];
 
     /// The kinds `serve --kube` lists and watches.
-    pub const WATCHED: [Kind; 5] = [
+    pub const WATCHED: [Kind; 6] = [
         Kind::Namespace,
         Kind::Service,
         Kind::Pod,
         Kind::PeerAuthentication,
         Kind::DestinationRule,
+        Kind::Sidecar,
     ];
 
     /// The kind of the Rust type `K`, if served.
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::PeerAuthentication => "PeerAuthentication",
             Kind::DestinationRule => "DestinationRule",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
@@ -60,6 +64,7 @@ impl Kind {
         match self {
             Kind::PeerAuthentication => crds::peer_authentication::GROUP,
             Kind::DestinationRule => crds::destination_rule::GROUP,
+            Kind::Sidecar => crds::sidecar::GROUP,
             _ => "",
         }
     }
@@ -74,6 +79,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::PeerAuthentication => "peerauthentications",
             Kind::DestinationRule => "destinationrules",
+            Kind::Sidecar => "sidecars",
         }
     }
 
@@ -110,6 +116,8 @@ impl Kind {
             Kind::Secret => return Vec::new(),
             Kind::PeerAuthentication => "pa",
             Kind::DestinationRule => "dr",
+            // Istio's Sidecar CRD has no short name.
+            Kind::Sidecar => return Vec::new(),
         };
         vec![short.to_string()]
     }

@@ -120,6 +120,7 @@ impl State {
         }
         let known: &[&str] = match kind {
             Kind::PeerAuthentication => crds::peer_authentication::VERSIONS,
+            Kind::Sidecar => crds::sidecar::VERSIONS,
             _ => crds::destination_rule::VERSIONS,
         };
         if let Some(v) = versions.iter().find(|v| !known.contains(&v.as_str())) {

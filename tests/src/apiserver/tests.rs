@@ -90,6 +90,7 @@ fn the_kinds_are_named_as_their_rust_types() {
         Kind::of::<Secret>(),
         Kind::of::<PeerAuthentication>(),
         Kind::of::<DestinationRule>(),
+        Kind::of::<crds::Sidecar>(),
     ];
     assert_eq!(found, Kind::ALL.map(Some));
     for kind in Kind::ALL {

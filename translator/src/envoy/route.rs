@@ -10,6 +10,7 @@
 
 use super::names;
 use crate::model::{Mesh, Service};
+use crate::resolve::Imports;
 use crate::xds::{Resource, ResourceType};
 use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, VirtualHost};
 use prost::Message;
@@ -43,8 +44,14 @@ pub fn domains(mesh: &Mesh, service: &Service, port: u16, client_ns: &str) -> Ve
     out
 }
 
-/// The virtual hosts of one service's HTTP ports, as seen from `client_ns`.
-fn virtual_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<VirtualHost> {
+/// The virtual hosts of one service's HTTP ports, as seen from `client_ns`
+/// (only `ports`, when given: a Sidecar imported only those).
+fn virtual_hosts(
+    mesh: &Mesh,
+    si: usize,
+    client_ns: &str,
+    ports: Option<&[u16]>,
+) -> Vec<VirtualHost> {
     let Some(service) = mesh.services.get(si) else {
         return Vec::new();
     };
@@ -53,6 +60,7 @@ fn virtual_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<VirtualHost> {
         .ports
         .iter()
         .filter(|p| p.protocol.is_http())
+        .filter(|p| ports.is_none_or(|only| only.contains(&p.port)))
         .map(|p| VirtualHost {
             name: names::virtual_host(fqdn, p.port),
             domains: domains(mesh, service, p.port, client_ns),
@@ -63,9 +71,9 @@ fn virtual_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<VirtualHost> {
 }
 
 /// Encoded `virtual_hosts` entries of one service.
-fn encoded_hosts(mesh: &Mesh, si: usize, client_ns: &str) -> Vec<u8> {
+fn encoded_hosts(mesh: &Mesh, si: usize, client_ns: &str, ports: Option<&[u16]>) -> Vec<u8> {
     RouteConfiguration {
-        virtual_hosts: virtual_hosts(mesh, si, client_ns),
+        virtual_hosts: virtual_hosts(mesh, si, client_ns, ports),
         ..Default::default()
     }
     .encode_to_vec()
@@ -82,13 +90,25 @@ impl OutboundRoutes {
         OutboundRoutes {
             // No namespace is called "": nobody gets the bare names here.
             shared: (0..mesh.services.len())
-                .map(|si| encoded_hosts(mesh, si, ""))
+                .map(|si| encoded_hosts(mesh, si, "", None))
                 .collect(),
         }
     }
 
     /// The route configuration `name` of the sidecars in `client_ns`.
     pub fn for_namespace(&self, mesh: &Mesh, name: &str, client_ns: &str) -> Resource {
+        self.for_scope(mesh, name, client_ns, None)
+    }
+
+    /// The route configuration `name` of the sidecars in `client_ns` whose
+    /// Sidecar imports `imports` (`None`: no Sidecar, every service).
+    pub fn for_scope(
+        &self,
+        mesh: &Mesh,
+        name: &str,
+        client_ns: &str,
+        imports: Option<&Imports>,
+    ) -> Resource {
         let own = mesh.index.services_in(client_ns);
         let mut bytes = RouteConfiguration {
             name: name.to_string(),
@@ -97,8 +117,17 @@ impl OutboundRoutes {
         }
         .encode_to_vec();
         for (si, piece) in self.shared.iter().enumerate() {
-            if own.binary_search(&si).is_ok() {
-                bytes.extend(encoded_hosts(mesh, si, client_ns));
+            // `Some(ports)`: the Sidecar imports only these ports of it.
+            let only = match imports {
+                None => None,
+                Some(i) => match (i.get(&si), mesh.services.get(si)) {
+                    (None, _) | (_, None) => continue,
+                    (Some(p), Some(svc)) if p.len() < svc.ports.len() => Some(p.as_slice()),
+                    (Some(_), Some(_)) => None,
+                },
+            };
+            if only.is_some() || own.binary_search(&si).is_ok() {
+                bytes.extend(encoded_hosts(mesh, si, client_ns, only));
             } else {
                 bytes.extend_from_slice(piece);
             }
@@ -111,7 +140,7 @@ impl OutboundRoutes {
         RouteConfiguration {
             name: name.to_string(),
             virtual_hosts: (0..mesh.services.len())
-                .flat_map(|si| virtual_hosts(mesh, si, client_ns))
+                .flat_map(|si| virtual_hosts(mesh, si, client_ns, None))
                 .collect(),
             validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
             ..Default::default()

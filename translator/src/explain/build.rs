@@ -123,8 +123,21 @@ pub fn explain_request(
         .iter()
         .map(|e| endpoint_view(mesh, &decision, sidecar, e))
         .collect();
-    let outcome = overall(&endpoints);
-    let reason = client.and_then(|c| reason(mesh, c, &fqdn, port, &decision, eps));
+    let scope = group.and_then(|g| g.scope.as_deref());
+    let scoped_by = scope.map(|s| s.by.clone());
+    let (outcome, reason) = match scope {
+        Some(s) if sidecar && !s.imports(si, port) => (
+            "no route: out of the client's Sidecar scope".to_string(),
+            Some(format!(
+                "{} does not import {fqdn}:{port}, so the client sidecar has no cluster, endpoints or route for it (a request gets 404 NR from the outbound listener)",
+                s.by
+            )),
+        ),
+        _ => (
+            overall(&endpoints),
+            client.and_then(|c| reason(mesh, c, &fqdn, port, &decision, eps)),
+        ),
+    };
     Explanation {
         from: from.to_string(),
         to: to.to_string(),
@@ -137,6 +150,7 @@ pub fn explain_request(
                 .unwrap_or_default(),
             sidecar,
             labels: client.map(|w| w.labels.clone()).unwrap_or_default(),
+            scoped_by,
         },
         service: ServiceSide {
             fqdn,

@@ -47,6 +47,10 @@ pub struct ClientSide {
     pub service_account: String,
     pub sidecar: bool,
     pub labels: Labels,
+    /// The Sidecar resource that scopes the client's outbound config;
+    /// `None` when none applies (every service is in scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scoped_by: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

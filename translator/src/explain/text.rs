@@ -22,6 +22,9 @@ pub fn render_text(e: &Explanation) -> String {
             "  {} (service account {}): has a sidecar",
             c.workload, c.service_account
         );
+        if let Some(by) = &c.scoped_by {
+            let _ = writeln!(out, "  outbound scope: {by}");
+        }
     } else {
         let _ = writeln!(
             out,

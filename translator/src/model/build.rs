@@ -4,9 +4,9 @@
 //! have no pod IP (the local runner's loopback addresses).
 
 use super::{
-    ClientTls, ClientTlsMode, ContainerPort, DestinationRule, Labels, Mesh, MeshConfig, Namespace,
-    ObjectRef, PeerAuthentication, PeerMode, PolicyMeta, Protocol, Service, ServicePort,
-    SidecarDetection, Subset, TargetPort, TrafficPolicy, Workload,
+    ClientTls, ClientTlsMode, ContainerPort, DestinationRule, EgressListener, Labels, Mesh,
+    MeshConfig, Namespace, ObjectRef, PeerAuthentication, PeerMode, PolicyMeta, Protocol, Service,
+    ServicePort, Sidecar, SidecarDetection, Subset, TargetPort, TrafficPolicy, Workload,
 };
 use crate::diag::Diagnostic;
 use crds::Object;
@@ -162,6 +162,71 @@ fn client_tls(t: &crds::ClientTlsSettings) -> ClientTls {
     }
 }
 
+/// The scoping part of a Sidecar, and the fields it has that nothing here
+/// acts on (named later in diagnostics).
+fn sidecar(sc: &crds::Sidecar, meta: PolicyMeta) -> Sidecar {
+    let spec = &sc.spec;
+    let mut ignored = Vec::new();
+    let mut note = |field: String, why: &str| ignored.push((field, why.to_string()));
+    if !spec.ingress.is_empty() {
+        note(
+            "spec.ingress".into(),
+            "inbound listeners are not changed by a Sidecar here",
+        );
+    }
+    if spec.inbound_connection_pool.is_some() {
+        note("spec.inboundConnectionPool".into(), "is not acted on");
+    }
+    if spec.outbound_traffic_policy.is_some() {
+        note(
+            "spec.outboundTrafficPolicy".into(),
+            "is not acted on: traffic to services outside the scope has no cluster, whatever the mode",
+        );
+    }
+    let egress = spec
+        .egress
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            if e.bind.is_some() {
+                note(format!("spec.egress[{i}].bind"), "is not acted on: the outbound listener binds the workload IP");
+            }
+            if e.capture_mode.is_some() {
+                note(format!("spec.egress[{i}].captureMode"), "is not acted on");
+            }
+            let proxy = e
+                .port
+                .as_ref()
+                .and_then(|p| p.protocol.as_deref())
+                .is_some_and(|p| p.eq_ignore_ascii_case("HTTP_PROXY"));
+            // As Istio's `needsPortMatch`: port 0 and HTTP_PROXY listeners
+            // import every port of the services they name.
+            let port = e
+                .port
+                .as_ref()
+                .filter(|_| !proxy)
+                .and_then(|p| u16::try_from(p.number).ok())
+                .filter(|&n| n != 0);
+            if let Some(n) = port {
+                note(
+                    format!("spec.egress[{i}].port"),
+                    &format!("imports only service port {n} of its hosts; no listener of its own is built on port {n} (every service is reached through the outbound listener)"),
+                );
+            }
+            EgressListener {
+                port,
+                hosts: e.hosts.clone(),
+            }
+        })
+        .collect();
+    Sidecar {
+        meta,
+        selector: sc.selector_labels().cloned(),
+        egress,
+        ignored,
+    }
+}
+
 fn container_ports(containers: &[Container]) -> Vec<ContainerPort> {
     containers
         .iter()
@@ -238,6 +303,7 @@ pub fn build_mesh_with_diagnostics(
     let mut pods: BTreeMap<(String, String), (usize, PendingWorkload)> = BTreeMap::new();
     let mut pas: BTreeMap<(String, String), PeerAuthentication> = BTreeMap::new();
     let mut drs: BTreeMap<(String, String), DestinationRule> = BTreeMap::new();
+    let mut sidecars: BTreeMap<(String, String), Sidecar> = BTreeMap::new();
     let ns_of = |m: &ObjectMeta| m.namespace.clone().unwrap_or_else(|| "default".into());
 
     for (seq, input) in inputs.iter().enumerate() {
@@ -456,6 +522,13 @@ pub fn build_mesh_with_diagnostics(
                     },
                 );
             }
+            Object::Sidecar(sc) => {
+                let meta = policy_meta(&sc.metadata, input.first_seen);
+                sidecars.insert(
+                    (meta.namespace.clone(), meta.name.clone()),
+                    sidecar(sc, meta),
+                );
+            }
             Object::ServiceAccount(_) | Object::Skipped(_) => {}
         }
     }
@@ -485,7 +558,8 @@ pub fn build_mesh_with_diagnostics(
         workloads,
         pas.into_values().collect(),
         drs.into_values().collect(),
-    );
+    )
+    .with_sidecars(sidecars.into_values().collect());
     diags.sort();
     (mesh, diags)
 }

@@ -3,7 +3,7 @@
 
 use super::index::Index;
 use super::objects::{
-    DestinationRule, MeshConfig, Namespace, PeerAuthentication, Service, Workload,
+    DestinationRule, MeshConfig, Namespace, PeerAuthentication, Service, Sidecar, Workload,
 };
 use std::collections::BTreeMap;
 
@@ -20,6 +20,8 @@ pub struct Mesh {
     pub peer_authentications: Vec<PeerAuthentication>,
     /// Sorted oldest first.
     pub destination_rules: Vec<DestinationRule>,
+    /// Sorted oldest first; set with [`Mesh::with_sidecars`].
+    pub sidecars: Vec<Sidecar>,
     pub index: Index,
 }
 
@@ -48,8 +50,17 @@ impl Mesh {
             workloads,
             peer_authentications,
             destination_rules,
+            sidecars: Vec::new(),
             index,
         }
+    }
+
+    /// The mesh with these Sidecars (a separate step so that callers with
+    /// no Sidecars need not change).
+    pub fn with_sidecars(mut self, mut sidecars: Vec<Sidecar>) -> Mesh {
+        sidecars.sort_by(|a, b| a.meta.age_key().cmp(&b.meta.age_key()));
+        self.sidecars = sidecars;
+        self
     }
 
     pub fn fqdn(&self, service: &Service) -> String {

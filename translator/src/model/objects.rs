@@ -335,3 +335,33 @@ impl DestinationRule {
         ObjectRef::new("DestinationRule", &self.meta.namespace, &self.meta.name)
     }
 }
+
+/// One `egress` listener of a Sidecar, as far as scoping goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressListener {
+    /// `port.number` when it restricts the imported service ports: Istio
+    /// ignores port 0 (a Unix socket) and `HTTP_PROXY` listeners for this.
+    pub port: Option<u16>,
+    /// `namespace/dnsName` entries as written.
+    pub hosts: Vec<String>,
+}
+
+/// A Sidecar: which outbound services the workloads it applies to get
+/// configuration for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sidecar {
+    pub meta: PolicyMeta,
+    /// `None` without `workloadSelector`; `Some` (even empty) with one, as
+    /// Istio tests presence.
+    pub selector: Option<Labels>,
+    /// Empty means Istio's default, one listener importing `*/*`.
+    pub egress: Vec<EgressListener>,
+    /// Fields present but not acted on here, with why, for diagnostics.
+    pub ignored: Vec<(String, String)>,
+}
+
+impl Sidecar {
+    pub fn object_ref(&self) -> ObjectRef {
+        ObjectRef::new("Sidecar", &self.meta.namespace, &self.meta.name)
+    }
+}

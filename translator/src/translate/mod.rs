@@ -6,6 +6,9 @@
 //! clusters depend only on which DestinationRule each service resolves to
 //! for a client, so clients whose choices are the same (in practice: most
 //! namespaces) share one map, and a cluster is built once per choice.
+//! A Sidecar narrows the outbound pieces (clusters, load assignments,
+//! routes) to the service ports it imports; proxies with the same imports
+//! still share them, keyed by the scope's imports id.
 
 mod capture;
 mod plan;
@@ -21,7 +24,9 @@ pub(crate) use report::{EndpointFacts, EndpointSpecs, Failure, failure, why};
 use crate::envoy::cluster::{self, EndpointSpec, OutboundSpec};
 use crate::envoy::{listener, names, route, tls};
 use crate::model::{Mesh, Protocol};
-use crate::resolve::{ClientPolicies, Decided, PeerPolicies, ServerMode, WorkloadPeerPolicy};
+use crate::resolve::{
+    ClientPolicies, Decided, PeerPolicies, ServerMode, SidecarScopes, WorkloadPeerPolicy, in_scope,
+};
 use crate::xds::{Resource, ResourceMap, ResourceType};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
@@ -126,6 +131,26 @@ fn endpoints<'a>(
     (shared(endpoints), specs_all, sans_all)
 }
 
+/// The load assignments of the service ports a Sidecar imports, shared
+/// with the full map resource by resource.
+fn scoped_endpoints(
+    mesh: &Mesh,
+    all: &ResourceMap,
+    imports: &crate::resolve::Imports,
+) -> Arc<ResourceMap> {
+    let mut out = ResourceMap::new();
+    for (&si, ports) in imports {
+        let fqdn = mesh.service_fqdn(si);
+        for &port in ports {
+            let name = names::outbound_cluster(port, fqdn);
+            if let Some(r) = all.get(&name) {
+                out.insert(name, r.clone());
+            }
+        }
+    }
+    shared(out)
+}
+
 /// Translate the whole mesh.
 pub fn translate(mesh: &Mesh) -> Translation {
     let mut diags = Vec::new();
@@ -172,15 +197,20 @@ pub fn translate(mesh: &Mesh) -> Translation {
     let (endpoints, endpoint_specs, service_sans) = endpoints(mesh, &server_mode);
     let routes = route::OutboundRoutes::new(mesh);
     let route_name = names::outbound_route(mesh.config.outbound_port);
-    let mut routes_by_ns: HashMap<&str, Arc<ResourceMap>> = HashMap::new();
+    // (client namespace, imports id of its Sidecar scope) -> routes.
+    let mut routes_by_ns: HashMap<(&str, Option<usize>), Arc<ResourceMap>> = HashMap::new();
+    let mut endpoints_by_scope: HashMap<usize, Arc<ResourceMap>> = HashMap::new();
+    let mut scopes = SidecarScopes::new(mesh, &mut diags);
 
     // Client side: group clients by the rules they resolve to.
     let clients = ClientPolicies::new(mesh, &mut diags);
     crate::resolve::client::report_rules(mesh, &mut diags);
     let mut cluster_cache: HashMap<(usize, usize, Option<usize>), Arc<Resource>> = HashMap::new();
-    let mut maps_by_choice: HashMap<Arc<Vec<Option<usize>>>, Arc<ResourceMap>> = HashMap::new();
-    // (namespace, selector rules) -> (index in `client_groups`, clusters).
-    type GroupKey<'a> = (&'a str, Vec<usize>);
+    // (imports id of the Sidecar scope, rule per service) -> clusters.
+    type MapKey = (Option<usize>, Arc<Vec<Option<usize>>>);
+    let mut maps_by_choice: HashMap<MapKey, Arc<ResourceMap>> = HashMap::new();
+    // (namespace, selector rules, Sidecar) -> (index in `client_groups`, clusters).
+    type GroupKey<'a> = (&'a str, Vec<usize>, Option<crate::model::ObjectRef>);
     let mut group_maps: HashMap<GroupKey<'_>, (usize, Arc<ResourceMap>)> = HashMap::new();
     let mut client_groups: Vec<ClientGroup> = Vec::new();
     let mut conflict_seen: BTreeSet<(usize, usize, usize)> = BTreeSet::new();
@@ -193,7 +223,13 @@ pub fn translate(mesh: &Mesh) -> Translation {
             continue;
         }
         let selected = clients.selector_rules_for(&w.namespace, &w.labels);
-        let group_key = (w.namespace.as_str(), selected);
+        let scope = scopes.for_workload(wi, w, &mut diags);
+        let imports_id = scope.as_ref().map(|s| s.imports_id);
+        let group_key = (
+            w.namespace.as_str(),
+            selected,
+            scope.as_ref().map(|s| s.by.clone()),
+        );
         let outbound_clusters = match group_maps.get(&group_key) {
             Some((gi, m)) => {
                 if let Some(g) = client_groups.get_mut(*gi) {
@@ -213,15 +249,20 @@ pub fn translate(mesh: &Mesh) -> Translation {
                     selected: group_key.1.clone(),
                     clients: vec![wi],
                     choice: choice.clone(),
+                    scope: scope.clone(),
                 });
-                let map = match maps_by_choice.get(&choice) {
+                let map_key = (imports_id, choice);
+                let map = match maps_by_choice.get(&map_key) {
                     Some(m) => m.clone(),
                     None => {
                         let mut map = ResourceMap::new();
                         for (si, svc) in mesh.services.iter().enumerate() {
-                            let rule = choice.get(si).copied().flatten();
+                            let rule = map_key.1.get(si).copied().flatten();
                             let fqdn = mesh.service_fqdn(si);
                             for (pi, p) in svc.ports.iter().enumerate() {
+                                if !in_scope(scope.as_deref(), si, p.port) {
+                                    continue;
+                                }
                                 let r = cluster_cache
                                     .entry((si, pi, rule))
                                     .or_insert_with(|| {
@@ -259,7 +300,7 @@ pub fn translate(mesh: &Mesh) -> Translation {
                             }
                         }
                         let map = shared(map);
-                        maps_by_choice.insert(choice, map.clone());
+                        maps_by_choice.insert(map_key, map.clone());
                         map
                     }
                 };
@@ -311,16 +352,28 @@ pub fn translate(mesh: &Mesh) -> Translation {
             Resource::new(out.name.clone(), ResourceType::Listener, &out),
         );
         let ns_routes = routes_by_ns
-            .entry(w.namespace.as_str())
+            .entry((w.namespace.as_str(), imports_id))
             .or_insert_with(|| {
                 let mut m = ResourceMap::new();
                 insert(
                     &mut m,
-                    routes.for_namespace(mesh, &route_name, &w.namespace),
+                    routes.for_scope(
+                        mesh,
+                        &route_name,
+                        &w.namespace,
+                        scope.as_ref().map(|s| &*s.imports),
+                    ),
                 );
                 shared(m)
             })
             .clone();
+        let proxy_endpoints = match &scope {
+            None => endpoints.clone(),
+            Some(s) => endpoints_by_scope
+                .entry(s.imports_id)
+                .or_insert_with(|| scoped_endpoints(mesh, &endpoints, &s.imports))
+                .clone(),
+        };
         let capture = capture.plan(
             mesh,
             w,
@@ -339,12 +392,14 @@ pub fn translate(mesh: &Mesh) -> Translation {
                 listeners: shared(listeners),
                 inbound_clusters: shared(inbound_clusters),
                 outbound_clusters,
-                endpoints: endpoints.clone(),
+                endpoints: proxy_endpoints,
                 routes: ns_routes,
                 capture,
+                sidecar: scope.map(|s| s.by.clone()),
             },
         );
     }
+    scopes.unmatched_hosts(&mut diags);
     diags.sort();
     diags.dedup();
     // The namespace's clients no selector rule selects first, then by the

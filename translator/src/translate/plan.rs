@@ -27,11 +27,13 @@ pub struct ProxyPlan {
     pub outbound_clusters: Arc<ResourceMap>,
     /// Shared by all proxies.
     pub endpoints: Arc<ResourceMap>,
-    /// Shared by the proxies of one namespace.
+    /// Shared by the proxies of one namespace (and Sidecar scope).
     pub routes: Arc<ResourceMap>,
     /// The same sidecar's listeners, inbound clusters and routes in the
     /// iptables capture layout.
     pub capture: CapturePlan,
+    /// The Sidecar that scopes the outbound pieces; `None`: every service.
+    pub sidecar: Option<crate::model::ObjectRef>,
 }
 
 fn merged(a: &ResourceMap, b: &ResourceMap) -> Arc<ResourceMap> {

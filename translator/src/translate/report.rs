@@ -39,6 +39,8 @@ pub(crate) struct ClientGroup {
     pub clients: Vec<usize>,
     /// Per service: the merged rule that applies.
     pub choice: std::sync::Arc<Vec<Option<MergedId>>>,
+    /// The Sidecar scope of these clients; `None`: every service.
+    pub scope: Option<std::sync::Arc<crate::resolve::SidecarScope>>,
 }
 
 /// The server-side decision for one workload port, for `/debug/mtlsz`.
@@ -81,6 +83,10 @@ pub struct ClientPort {
     pub note: Option<String>,
     /// The endpoints, and what the client sends to each.
     pub endpoints: Vec<EndpointDecision>,
+    /// The Sidecar whose scope includes this service port; `None` when no
+    /// Sidecar applies (every service is in scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<ObjectRef>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -152,6 +158,10 @@ pub(super) fn client_port(
     pi: usize,
 ) -> Option<ClientPort> {
     let port = mesh.services.get(si)?.ports.get(pi)?.port;
+    // Out of the Sidecar scope: the clients have no cluster for it.
+    if !crate::resolve::in_scope(group.scope.as_deref(), si, port) {
+        return None;
+    }
     let rule = group.choice.get(si).copied().flatten();
     let decision = clients.decide(rule, port);
     let eps = endpoint_specs.get(si).and_then(|v| v.get(pi))?;
@@ -182,6 +192,7 @@ pub(super) fn client_port(
         rules: decision.from.clone(),
         port_level: decision.port_level,
         note: decision.credential_note(),
+        sidecar: group.scope.as_ref().map(|s| s.by.clone()),
         endpoints: eps
             .iter()
             .map(|e| {

@@ -142,6 +142,14 @@ pub fn mtlsz_text(mesh: &translator::model::Mesh, t: &Translation) -> String {
                 rules.join(", ")
             );
         }
+        if let Some(sc) = &c.sidecar {
+            let _ = writeln!(
+                out,
+                "{:<12} ^ clients {} (outbound scope of {sc})",
+                "",
+                c.clients.join(", ")
+            );
+        }
         if c.rules.len() > 1 {
             let rules: Vec<String> = c.rules.iter().map(ToString::to_string).collect();
             let _ = writeln!(out, "{:<12} ^ merged: {}", "", rules.join(" + "));
@@ -234,6 +242,41 @@ spec:
             .find(|l| l.starts_with("shop") && l.contains("DestinationRule shop/canary "))
             .unwrap_or_else(|| panic!("no row for the canary's rule:\n{text}"));
         assert!(canary_row.contains("DISABLE"), "{canary_row}");
+    }
+
+    #[test]
+    fn mtlsz_text_shows_only_the_scoped_services_and_the_sidecar() {
+        let scoped = format!(
+            "{BASE}---
+apiVersion: v1
+kind: Service
+metadata: {{name: other, namespace: elsewhere}}
+spec:
+  selector: {{app: none}}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: own-only, namespace: shop}}
+spec:
+  workloadSelector: {{labels: {{app: canary}}}}
+  egress: [{{hosts: [\"./*\"]}}]
+"
+        );
+        let text = text(&scoped);
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("shop ")).collect();
+        // client (unscoped) sees both services; canary only shop's.
+        assert!(
+            rows.iter()
+                .filter(|l| l.contains("other.elsewhere"))
+                .count()
+                == 1,
+            "{text}"
+        );
+        assert!(
+            text.contains("^ clients shop/canary (outbound scope of Sidecar shop/own-only)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -148,6 +148,7 @@ mod tests {
             endpoints: map(&[]),
             routes: map(&[]),
             capture: Default::default(),
+            sidecar: None,
         };
         (("ns".into(), pod.into()), plan)
     }

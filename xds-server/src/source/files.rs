@@ -544,6 +544,49 @@ mod tests {
         assert_eq!(names(&loader.load()), ["a1"]);
     }
 
+    fn sidecar(hosts: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\n\
+             metadata: {{name: scope, namespace: foo}}\nspec:\n  egress:\n  - hosts: [{hosts}]\n"
+        )
+    }
+
+    #[test]
+    fn a_sidecar_loads_and_an_invalid_one_is_an_error_keeping_the_last_good() {
+        let dir = TempDir::new("sidecar");
+        dir.write("scope.yaml", &sidecar("\"./*\""));
+        let mut loader = FileLoader::new(vec![dir.path("")]);
+        let snap = loader.load();
+        assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+        let hosts = |s: &ConfigSnapshot| -> Vec<String> {
+            s.objects
+                .iter()
+                .filter_map(|(p, _)| match &p.object {
+                    Object::Sidecar(sc) => Some(sc.spec.egress.first()?.hosts.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        };
+        assert_eq!(hosts(&snap), ["./*"]);
+
+        // A host without namespace: an error naming object and field, and
+        // the Sidecar as last loaded stays in force.
+        dir.write("scope.yaml", &sidecar("\"httpbin.bar.svc.cluster.local\""));
+        let snap = loader.load();
+        let errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("Sidecar foo/scope: spec.egress[0].hosts[0]")
+                && errors[0].contains("namespace/dnsName"),
+            "{errors:?}"
+        );
+        assert_eq!(hosts(&snap), ["./*"]);
+
+        dir.write("scope.yaml", &sidecar("\"bar/*\""));
+        assert_eq!(hosts(&loader.load()), ["bar/*"]);
+    }
+
     #[test]
     fn a_file_over_the_size_limit_is_an_error_naming_it_and_both_sizes() {
         let dir = TempDir::new("too-big");

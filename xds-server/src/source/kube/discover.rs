@@ -30,6 +30,12 @@ pub(crate) const DESTINATION_RULE: IstioKind = IstioKind {
     versions: &["v1", "v1beta1", "v1alpha3"],
 };
 
+pub(crate) const SIDECAR: IstioKind = IstioKind {
+    kind: "Sidecar",
+    group: crds::sidecar::GROUP,
+    versions: &["v1", "v1beta1", "v1alpha3"],
+};
+
 /// What discovery found for a kind.
 #[derive(Debug)]
 pub(crate) enum Discovered {
@@ -102,6 +108,7 @@ mod tests {
         for (kind, versions) in [
             (&PEER_AUTHENTICATION, crds::peer_authentication::VERSIONS),
             (&DESTINATION_RULE, crds::destination_rule::VERSIONS),
+            (&SIDECAR, crds::sidecar::VERSIONS),
         ] {
             let mut ours = kind.versions.to_vec();
             let mut theirs = versions.to_vec();

@@ -201,6 +201,7 @@ impl FakeApi {
             "PeerAuthentication",
         );
         add("destinationrules", "networking.istio.io", "DestinationRule");
+        add("sidecars", "networking.istio.io", "Sidecar");
         let state = Arc::new(Mutex::new(State {
             rv: 100,
             collections,
@@ -230,7 +231,10 @@ impl FakeApi {
     pub fn serve_group(&self, group: &'static str, versions: &[&'static str]) {
         let kinds = match group {
             "security.istio.io" => vec![("PeerAuthentication", "peerauthentications")],
-            "networking.istio.io" => vec![("DestinationRule", "destinationrules")],
+            "networking.istio.io" => vec![
+                ("DestinationRule", "destinationrules"),
+                ("Sidecar", "sidecars"),
+            ],
             other => panic!("the fake serves no kinds in {other}"),
         };
         self.lock().groups.insert(
@@ -238,6 +242,23 @@ impl FakeApi {
             Group {
                 versions: versions.to_vec(),
                 kinds,
+            },
+        );
+    }
+
+    /// Serves only `kinds` (kind, plural) of `group` at `versions`: a
+    /// cluster where one CRD of a group is installed and another is not.
+    pub fn serve_kinds(
+        &self,
+        group: &'static str,
+        versions: &[&'static str],
+        kinds: &[(&'static str, &'static str)],
+    ) {
+        self.lock().groups.insert(
+            group,
+            Group {
+                versions: versions.to_vec(),
+                kinds: kinds.to_vec(),
             },
         );
     }

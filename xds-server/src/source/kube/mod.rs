@@ -1,5 +1,5 @@
 //! The Kubernetes config source: Namespaces, Services, Pods,
-//! PeerAuthentications and DestinationRules, watched through kube-rs's
+//! PeerAuthentications, DestinationRules and Sidecars, watched through kube-rs's
 //! `watcher` into `reflector` stores, published as the same
 //! [`ConfigSnapshot`](super::ConfigSnapshot) the directory source makes.
 //!
@@ -30,7 +30,7 @@ mod tests;
 
 use super::SharedSnapshot;
 use anyhow::Context;
-use discover::{DESTINATION_RULE, Discovered, IstioKind, PEER_AUTHENTICATION};
+use discover::{DESTINATION_RULE, Discovered, IstioKind, PEER_AUTHENTICATION, SIDECAR};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -394,7 +394,7 @@ async fn run(
         &changed,
     );
     let mut policies = Vec::new();
-    for kind in [&PEER_AUTHENTICATION, &DESTINATION_RULE] {
+    for kind in [&PEER_AUTHENTICATION, &DESTINATION_RULE, &SIDECAR] {
         let (slot_tx, slot_rx) = watch::channel(Slot::Discovering);
         let span = info_span!("kube_discover", kind = %kind.kind, group = %kind.group);
         tasks.spawn(

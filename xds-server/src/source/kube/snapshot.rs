@@ -218,7 +218,8 @@ fn rank(kind: &str) -> u8 {
         "Pod" => 2,
         "PeerAuthentication" => 3,
         "DestinationRule" => 4,
-        _ => 5,
+        "Sidecar" => 5,
+        _ => 6,
     }
 }
 
@@ -269,6 +270,7 @@ fn convert(obj: &DynamicObject, resource: &ApiResource) -> (Option<Parsed>, Vec<
         match &mut p.object {
             Object::PeerAuthentication(pa) => pa.metadata.resource_version = None,
             Object::DestinationRule(dr) => dr.metadata.resource_version = None,
+            Object::Sidecar(sc) => sc.metadata.resource_version = None,
             _ => {}
         }
     }

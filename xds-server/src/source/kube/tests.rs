@@ -1057,3 +1057,97 @@ async fn client_err(path: &Path) -> String {
         Err(e) => format!("{e:#}"),
     }
 }
+
+fn sidecar(ns: &str, name: &str, hosts: &[&str]) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Sidecar",
+        "metadata": {"namespace": ns, "name": name, "creationTimestamp": "2024-01-01T00:00:00Z"},
+        "spec": {"egress": [{"hosts": hosts}]},
+    })
+}
+
+fn sidecar_hosts(s: &ConfigSnapshot, ns: &str, name: &str) -> Option<Vec<String>> {
+    s.objects.iter().find_map(|(p, _)| match &p.object {
+        Object::Sidecar(sc)
+            if sc.metadata.namespace.as_deref() == Some(ns)
+                && sc.metadata.name.as_deref() == Some(name) =>
+        {
+            Some(sc.spec.egress.first()?.hosts.clone())
+        }
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn sidecars_are_listed_and_watched_like_the_other_istio_kinds() {
+    let (api, client) = FakeApi::start();
+    serve_istio(&api);
+    populate(&api);
+    api.apply("sidecars", sidecar("foo", "scope", &["./*"]));
+    let (mut rx, task) = start(client, opts()).await;
+    let snap = rx.borrow_and_update().clone();
+    assert_eq!(names(&snap, "Sidecar"), ["foo/scope"]);
+    assert_eq!(
+        sidecar_hosts(&snap, "foo", "scope"),
+        Some(vec!["./*".to_string()])
+    );
+    api.wait_request(
+        0,
+        DEADLINE,
+        is_watch_of("/apis/networking.istio.io/v1/sidecars"),
+    )
+    .await;
+
+    // A change through the watch.
+    api.apply("sidecars", sidecar("foo", "scope", &["bar/*"]));
+    let (snap, _) = wait_for(&mut rx, |s| {
+        sidecar_hosts(s, "foo", "scope") == Some(vec!["bar/*".to_string()])
+    })
+    .await;
+    assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+
+    // An invalid one is an error naming it; the valid ones stay.
+    api.apply(
+        "sidecars",
+        sidecar("foo", "broken", &["no-namespace.example.com"]),
+    );
+    let (snap, _) = wait_for(&mut rx, |s| !s.errors.is_empty()).await;
+    let errors: Vec<String> = snap.errors.iter().map(ToString::to_string).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("Sidecar foo/broken: spec.egress[0].hosts[0]")),
+        "{errors:?}"
+    );
+    assert_eq!(names(&snap, "Sidecar"), ["foo/scope"]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn without_the_sidecar_crd_the_other_kinds_still_load() {
+    let (api, client) = FakeApi::start();
+    api.serve_group("security.istio.io", &["v1", "v1beta1"]);
+    api.serve_kinds(
+        "networking.istio.io",
+        &["v1", "v1alpha3", "v1beta1"],
+        &[("DestinationRule", "destinationrules")],
+    );
+    populate(&api);
+    let (mut rx, task) = start(client, opts()).await;
+    let snap = rx.borrow_and_update().clone();
+    assert!(names(&snap, "Sidecar").is_empty());
+    assert_eq!(names(&snap, "DestinationRule"), ["foo/web"]);
+    assert!(snap.errors.is_empty(), "{:?}", snap.errors);
+    assert!(
+        !api.requests().iter().any(|s| s.path().contains("sidecars")),
+        "never listed"
+    );
+
+    // Installed later: discovery finds it.
+    api.serve_group("networking.istio.io", &["v1", "v1alpha3", "v1beta1"]);
+    api.apply("sidecars", sidecar("foo", "scope", &["./*"]));
+    let (snap, _) = wait_for(&mut rx, |s| !names(s, "Sidecar").is_empty()).await;
+    assert_eq!(names(&snap, "Sidecar"), ["foo/scope"]);
+    task.abort();
+}
