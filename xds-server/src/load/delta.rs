@@ -7,14 +7,13 @@
 //! need only send what changed meanwhile.
 
 use super::follow::{self, Deps};
-use super::protocol::{AdsTransport, Handled, MAX_RESPONSE_BYTES, Protocol, nack_status, node};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use super::names::{self, Name};
+use super::protocol::{Handled, Protocol, nack_status, node};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as DeltaResource,
 };
 use std::collections::{BTreeMap, BTreeSet};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
+use std::sync::Arc;
 use translator::ResourceType;
 
 /// Per type: the subscription and what is held.
@@ -22,11 +21,11 @@ use translator::ResourceType;
 struct TypeState {
     subscribed: bool,
     /// Named subscriptions (always empty for the wildcard types).
-    names: BTreeSet<String>,
+    names: BTreeSet<Name>,
     /// What is held: name -> version.
-    held: BTreeMap<String, String>,
+    held: BTreeMap<Name, Name>,
     /// Names subscribed to that the server said do not exist.
-    absent: BTreeSet<String>,
+    absent: BTreeSet<Name>,
     /// `system_version_info` of the last accepted response.
     version: String,
     /// Whether a response was accepted on this stream.
@@ -39,8 +38,8 @@ pub struct Delta {
     node_id: String,
     types: BTreeMap<ResourceType, TypeState>,
     /// What each held cluster and listener references.
-    cluster_deps: BTreeMap<String, Deps>,
-    listener_deps: BTreeMap<String, Deps>,
+    cluster_deps: BTreeMap<Name, Arc<Deps>>,
+    listener_deps: BTreeMap<Name, Arc<Deps>>,
 }
 
 fn request(kind: ResourceType) -> DeltaDiscoveryRequest {
@@ -81,7 +80,7 @@ impl Delta {
     pub fn names(&self, kind: ResourceType) -> Vec<String> {
         self.types
             .get(&kind)
-            .map(|t| t.names.iter().cloned().collect())
+            .map(|t| names::strings(&t.names))
             .unwrap_or_default()
     }
 
@@ -89,11 +88,16 @@ impl Delta {
     pub fn held(&self, kind: ResourceType) -> BTreeMap<String, String> {
         self.types
             .get(&kind)
-            .map(|t| t.held.clone())
+            .map(|t| {
+                t.held
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
-    fn wanted(&self, kind: ResourceType) -> BTreeSet<String> {
+    fn wanted(&self, kind: ResourceType) -> BTreeSet<Name> {
         let mut all = Deps::default();
         for deps in self
             .cluster_deps
@@ -110,7 +114,7 @@ impl Delta {
     fn decode_all(
         kind: ResourceType,
         resources: &[DeltaResource],
-    ) -> Result<Vec<(String, String, Deps)>, String> {
+    ) -> Result<Vec<(Name, Name, Deps)>, String> {
         resources
             .iter()
             .map(|r| {
@@ -125,7 +129,7 @@ impl Delta {
                         r.name, decoded.name
                     ));
                 }
-                Ok((r.name.clone(), r.version.clone(), decoded.deps))
+                Ok((names::name(&r.name), names::name(&r.version), decoded.deps))
             })
             .collect()
     }
@@ -133,6 +137,8 @@ impl Delta {
 
 impl Protocol for Delta {
     type Request = DeltaDiscoveryRequest;
+    const PATH: &'static str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
     type Response = DeltaDiscoveryResponse;
 
     fn open(&mut self) -> Vec<DeltaDiscoveryRequest> {
@@ -147,11 +153,11 @@ impl Protocol for Delta {
             }
             let mut r = request(kind);
             // Wildcard types: an empty list is the legacy wildcard.
-            r.resource_names_subscribe = state.names.iter().cloned().collect();
+            r.resource_names_subscribe = names::strings(&state.names);
             r.initial_resource_versions = state
                 .held
                 .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
+                .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect();
             out.push(r);
         }
@@ -210,17 +216,17 @@ impl Protocol for Delta {
         for (name, version, deps) in decoded {
             state.absent.remove(&name);
             if let Some(map) = deps_of.as_deref_mut() {
-                map.insert(name.clone(), deps);
+                map.insert(Arc::clone(&name), names::deps(deps));
             }
             state.held.insert(name, version);
         }
         for name in removed_resources {
-            state.held.remove(&name);
+            state.held.remove(name.as_str());
             if let Some(map) = deps_of.as_deref_mut() {
-                map.remove(&name);
+                map.remove(name.as_str());
             }
-            if state.names.contains(&name) {
-                state.absent.insert(name);
+            if state.names.contains(name.as_str()) {
+                state.absent.insert(names::name(&name));
             }
         }
         let mut requests = vec![ack];
@@ -232,16 +238,16 @@ impl Protocol for Delta {
         for &dependent in dependents {
             let wanted = self.wanted(dependent);
             let state = self.types.entry(dependent).or_default();
-            let subscribe: Vec<String> = wanted.difference(&state.names).cloned().collect();
-            let unsubscribe: Vec<String> = state.names.difference(&wanted).cloned().collect();
+            let subscribe = names::strings(wanted.difference(&state.names));
+            let unsubscribe = names::strings(state.names.difference(&wanted));
             if subscribe.is_empty() && unsubscribe.is_empty() {
                 continue;
             }
             for name in &unsubscribe {
                 // Dropped here as Envoy drops it: a later subscription
                 // gets it anew.
-                state.held.remove(name);
-                state.absent.remove(name);
+                state.held.remove(name.as_str());
+                state.absent.remove(name.as_str());
             }
             state.names = wanted;
             state.subscribed = true;
@@ -269,16 +275,5 @@ impl Protocol for Delta {
                     .iter()
                     .all(|n| t.held.contains_key(n) || t.absent.contains(n))
         })
-    }
-
-    async fn call<T: AdsTransport>(
-        client: AggregatedDiscoveryServiceClient<T>,
-        requests: ReceiverStream<DeltaDiscoveryRequest>,
-    ) -> Result<Streaming<DeltaDiscoveryResponse>, Status> {
-        let mut client = client.max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Ok(client
-            .delta_aggregated_resources(requests)
-            .await?
-            .into_inner())
     }
 }

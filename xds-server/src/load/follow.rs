@@ -6,36 +6,32 @@
 //!
 //! A resource that does not decode as the type it claims to be makes the
 //! whole response invalid: the simulated sidecar NACKs it, as Envoy does.
+//! Resources decode as the messages of `light.rs`: the fields followed
+//! here, every other field's framing checked and skipped.
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
-use envoy_types::pb::envoy::config::core::v3::{TransportSocket, transport_socket};
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener, filter};
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    HttpConnectionManager, http_connection_manager::RouteSpecifier,
-};
+use super::light::{self, Cluster, CommonTlsContext, FilterChain, Listener, Named};
+use super::names::{self, Name};
+use envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    CommonTlsContext, DownstreamTlsContext, Secret, UpstreamTlsContext,
-    common_tls_context::ValidationContextType,
+    DownstreamTlsContext, UpstreamTlsContext,
 };
 use envoy_types::pb::google::protobuf::Any;
-use prost::{Message, Name};
+use prost::Message;
 use std::collections::BTreeSet;
 use translator::ResourceType;
 
 /// The names one resource makes the proxy ask for, by type.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Deps {
-    pub endpoints: BTreeSet<String>,
-    pub routes: BTreeSet<String>,
-    pub secrets: BTreeSet<String>,
+    pub endpoints: BTreeSet<Name>,
+    pub routes: BTreeSet<Name>,
+    pub secrets: BTreeSet<Name>,
 }
 
 impl Deps {
     /// The names of `kind` (empty for the wildcard types).
-    pub fn of(&self, kind: ResourceType) -> Option<&BTreeSet<String>> {
+    pub fn of(&self, kind: ResourceType) -> Option<&BTreeSet<Name>> {
         match kind {
             ResourceType::Endpoint => Some(&self.endpoints),
             ResourceType::Route => Some(&self.routes),
@@ -87,18 +83,8 @@ pub fn decode(kind: ResourceType, any: &Any) -> Result<Decoded, String> {
                 deps,
             })
         }
-        ResourceType::Endpoint => Ok(Decoded {
-            name: ClusterLoadAssignment::decode(bytes)
-                .map_err(bad)?
-                .cluster_name,
-            deps: Deps::default(),
-        }),
-        ResourceType::Route => Ok(Decoded {
-            name: RouteConfiguration::decode(bytes).map_err(bad)?.name,
-            deps: Deps::default(),
-        }),
-        ResourceType::Secret => Ok(Decoded {
-            name: Secret::decode(bytes).map_err(bad)?.name,
+        ResourceType::Endpoint | ResourceType::Route | ResourceType::Secret => Ok(Decoded {
+            name: Named::decode(bytes).map_err(bad)?.name,
             deps: Deps::default(),
         }),
     }
@@ -106,10 +92,7 @@ pub fn decode(kind: ResourceType, any: &Any) -> Result<Decoded, String> {
 
 fn cluster_deps(cluster: &Cluster) -> Result<Deps, String> {
     let mut deps = Deps::default();
-    let eds = matches!(
-        cluster.cluster_discovery_type,
-        Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
-    );
+    let eds = cluster.discovery_type == Some(DiscoveryType::Eds as i32);
     if eds {
         // Envoy asks for the cluster's own name unless the EDS config
         // names another.
@@ -119,7 +102,7 @@ fn cluster_deps(cluster: &Cluster) -> Result<Deps, String> {
             .map(|c| c.service_name.as_str())
             .filter(|n| !n.is_empty())
             .unwrap_or(&cluster.name);
-        deps.endpoints.insert(service_name.to_string());
+        deps.endpoints.insert(names::name(service_name));
     }
     let sockets = cluster.transport_socket.iter().chain(
         cluster
@@ -128,9 +111,7 @@ fn cluster_deps(cluster: &Cluster) -> Result<Deps, String> {
             .filter_map(|m| m.transport_socket.as_ref()),
     );
     for socket in sockets {
-        socket_secrets::<UpstreamTlsContext>(socket, &mut deps.secrets, |c| {
-            c.common_tls_context.as_ref()
-        })?;
+        socket_secrets::<UpstreamTlsContext>(socket, &mut deps.secrets)?;
     }
     Ok(deps)
 }
@@ -149,62 +130,61 @@ fn listener_deps(listener: &Listener) -> Result<Deps, String> {
 
 fn chain_deps(chain: &FilterChain, deps: &mut Deps) -> Result<(), String> {
     if let Some(socket) = &chain.transport_socket {
-        socket_secrets::<DownstreamTlsContext>(socket, &mut deps.secrets, |c| {
-            c.common_tls_context.as_ref()
-        })?;
+        socket_secrets::<DownstreamTlsContext>(socket, &mut deps.secrets)?;
     }
     for f in &chain.filters {
-        let Some(filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        let Some(any) = &f.typed_config else {
             continue;
         };
-        if any.type_url != HttpConnectionManager::type_url() {
+        if any.type_url != <HttpConnectionManager as prost::Name>::type_url() {
             continue;
         }
-        let hcm = HttpConnectionManager::decode(any.value.as_slice())
+        let hcm = light::HttpConnectionManager::decode(any.value.as_slice())
             .map_err(|e| format!("filter {:?} does not decode: {e}", f.name))?;
-        if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-            deps.routes.insert(rds.route_config_name);
+        if let Some(rds) = hcm.rds {
+            deps.routes.insert(names::name(&rds.route_config_name));
         }
     }
     Ok(())
 }
 
 /// Adds the SDS secret names of a TLS transport socket whose typed config
-/// is `M`; other sockets (raw buffer) have none.
-fn socket_secrets<M: Message + Name + Default>(
-    socket: &TransportSocket,
-    out: &mut BTreeSet<String>,
-    common: impl Fn(&M) -> Option<&CommonTlsContext>,
+/// is `M` (upstream or downstream TLS); other sockets (raw buffer) have
+/// none.
+fn socket_secrets<M: prost::Name>(
+    socket: &light::TransportSocket,
+    out: &mut BTreeSet<Name>,
 ) -> Result<(), String> {
-    let Some(transport_socket::ConfigType::TypedConfig(any)) = &socket.config_type else {
+    let Some(any) = &socket.typed_config else {
         return Ok(());
     };
     if any.type_url != M::type_url() {
         return Ok(());
     }
-    let context = M::decode(any.value.as_slice())
+    let context = light::TlsContext::decode(any.value.as_slice())
         .map_err(|e| format!("transport socket {:?} does not decode: {e}", socket.name))?;
-    let Some(common) = common(&context) else {
+    let Some(common) = &context.common_tls_context else {
         return Ok(());
     };
+    common_secrets(common, out);
+    Ok(())
+}
+
+fn common_secrets(common: &CommonTlsContext, out: &mut BTreeSet<Name>) {
     out.extend(
         common
             .tls_certificate_sds_secret_configs
             .iter()
-            .map(|s| s.name.clone()),
+            .map(|s| names::name(&s.name)),
     );
-    match &common.validation_context_type {
-        Some(ValidationContextType::ValidationContextSdsSecretConfig(s)) => {
-            out.insert(s.name.clone());
-        }
-        Some(ValidationContextType::CombinedValidationContext(c)) => {
-            out.extend(
-                c.validation_context_sds_secret_config
-                    .iter()
-                    .map(|s| s.name.clone()),
-            );
-        }
-        _ => {}
+    if let Some(s) = &common.validation_context_sds_secret_config {
+        out.insert(names::name(&s.name));
     }
-    Ok(())
+    if let Some(s) = common
+        .combined_validation_context
+        .as_ref()
+        .and_then(|c| c.validation_context_sds_secret_config.as_ref())
+    {
+        out.insert(names::name(&s.name));
+    }
 }

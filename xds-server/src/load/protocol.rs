@@ -6,12 +6,8 @@
 //! no clock, so the bookkeeping is tested on its own.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::google::rpc;
-use std::future::Future;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::{Body, Bytes, StdError};
-use tonic::{Status, Streaming};
 use translator::ResourceType;
 
 /// The largest response a simulated sidecar accepts: the server's default
@@ -64,8 +60,10 @@ pub struct Handled<Req> {
 
 /// One protocol variant of a simulated sidecar.
 pub trait Protocol: Send + 'static {
-    type Request: Send + 'static;
-    type Response: prost::Message + Send + 'static;
+    type Request: prost::Message + Send + 'static;
+    type Response: prost::Message + Default + Send + 'static;
+    /// The ADS method of the variant.
+    const PATH: &'static str;
 
     /// The requests that open a stream: wildcard CDS and LDS on the first,
     /// every type subscribed so far (with what is held) on a reconnect.
@@ -76,11 +74,6 @@ pub trait Protocol: Send + 'static {
     /// Whether every type has answered on this stream and every name
     /// subscribed to has arrived (or was said not to exist).
     fn synced(&self) -> bool;
-    /// Opens the stream on `client`, sending `requests`.
-    fn call<T: AdsTransport>(
-        client: AggregatedDiscoveryServiceClient<T>,
-        requests: ReceiverStream<Self::Request>,
-    ) -> impl Future<Output = Result<Streaming<Self::Response>, Status>> + Send;
 }
 
 /// The status a NACK carries.

@@ -4,10 +4,9 @@
 //! exponential backoff (as Envoy's ADS client does) and reconnect, keeping
 //! what it holds. Ends when told to stop, or after [`MAX_ATTEMPTS`].
 
-use super::protocol::{AdsTransport, Protocol};
+use super::grpc;
+use super::protocol::{AdsTransport, MAX_RESPONSE_BYTES, Protocol};
 use super::record::{Recorder, ResponseRecord};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use prost::Message;
 use rand::{RngExt, SeedableRng};
 use rand_xorshift::XorShiftRng;
 use std::future::Future;
@@ -139,8 +138,13 @@ async fn stream_once<P: Protocol, C: Connect>(
             return failed("the request queue is full before the stream opened".into());
         }
     }
-    let client = AggregatedDiscoveryServiceClient::new(transport);
-    let mut responses = match P::call(client, ReceiverStream::new(rx)).await {
+    let call = grpc::call::<_, P::Request, P::Response>(
+        transport,
+        P::PATH,
+        ReceiverStream::new(rx),
+        MAX_RESPONSE_BYTES,
+    );
+    let mut responses = match call.await {
         Ok(s) => s,
         Err(status) => return failed(format!("open: {status}")),
     };
@@ -150,8 +154,8 @@ async fn stream_once<P: Protocol, C: Connect>(
     });
     let mut progressed = false;
     loop {
-        let response = match responses.message().await {
-            Ok(Some(response)) => response,
+        let (response, bytes) = match responses.message().await {
+            Ok(Some((response, bytes))) => (response, bytes),
             Ok(None) => {
                 return Failure {
                     why: "the server ended the stream".into(),
@@ -166,7 +170,6 @@ async fn stream_once<P: Protocol, C: Connect>(
             }
         };
         let received = recorder.now();
-        let bytes = response.encoded_len();
         let handled = protocol.on_response(response);
         let mut sent = true;
         for request in handled.requests {

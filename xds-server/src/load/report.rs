@@ -119,6 +119,9 @@ pub struct RunReport {
     pub namespace_changes: Vec<ChangeResult>,
     /// CPU the load generator itself used (it shares the machine).
     pub load_cpu: Duration,
+    /// The load generator's resident memory once all proxies synced (it
+    /// shares the machine's memory too).
+    pub load_rss_kib: Option<u64>,
     /// The floor for a full push to as many proxies (`floor.rs`), when
     /// measured.
     pub floor: Option<super::floor::Floor>,
@@ -347,6 +350,13 @@ pub fn table(runs: &[RunReport]) -> String {
     row("load generator CPU (same machine)", &|r| {
         format!("{} s", secs(r.load_cpu))
     });
+    row(
+        "load generator RSS when synced",
+        &|r| match r.load_rss_kib {
+            Some(kib) => format!("{} MiB", kib / 1024),
+            None => "-".into(),
+        },
+    );
 
     let label_width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..runs.len())

@@ -155,6 +155,7 @@ pub async fn run_with<C: Connect>(
     let all_synced = wait_synced(&recorder, opts.sync_timeout).await;
     let sync_end = recorder.now();
     let synced_stats = server_stats()?;
+    let load_rss_kib = procstat::read(std::process::id()).ok().map(|s| s.rss_kib);
     let mut report = RunReport {
         delta: opts.delta,
         ..RunReport::default()
@@ -211,6 +212,7 @@ pub async fn run_with<C: Connect>(
         });
     }
     report.load_cpu = procstat::own_cpu().saturating_sub(load_cpu_before);
+    report.load_rss_kib = load_rss_kib;
     Ok(report)
 }
 

@@ -10,12 +10,10 @@
 //! response, which always names the current subscription.
 
 use super::follow::{self, Deps};
-use super::protocol::{AdsTransport, Handled, MAX_RESPONSE_BYTES, Protocol, nack_status, node};
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use super::names::{self, Name};
+use super::protocol::{Handled, Protocol, nack_status, node};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use std::collections::{BTreeMap, BTreeSet};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Status, Streaming};
 use translator::ResourceType;
 
 /// Per type: what is asked for and what was last accepted.
@@ -24,12 +22,12 @@ struct TypeState {
     /// Whether a request for the type was ever sent.
     subscribed: bool,
     /// The names asked for (always empty for the wildcard types).
-    names: BTreeSet<String>,
+    names: BTreeSet<Name>,
     /// Version of the last accepted response (kept across reconnects, as
     /// Envoy keeps its config).
     version: String,
     /// Names in the last accepted response.
-    accepted: Option<BTreeSet<String>>,
+    accepted: Option<BTreeSet<Name>>,
     /// Nonce of the last response on this stream.
     nonce: String,
     /// Whether a response was accepted on this stream.
@@ -70,7 +68,7 @@ impl Sotw {
     pub fn names(&self, kind: ResourceType) -> Vec<String> {
         self.types
             .get(&kind)
-            .map(|t| t.names.iter().cloned().collect())
+            .map(|t| names::strings(&t.names))
             .unwrap_or_default()
     }
 
@@ -86,7 +84,7 @@ impl Sotw {
         DiscoveryRequest {
             version_info: state.version.clone(),
             node: None,
-            resource_names: state.names.iter().cloned().collect(),
+            resource_names: names::strings(&state.names),
             resource_locators: Vec::new(),
             type_url: kind.type_url().to_string(),
             response_nonce: state.nonce.clone(),
@@ -96,7 +94,7 @@ impl Sotw {
 
     /// The names the accepted clusters and listeners reference, per
     /// dependent type.
-    fn wanted(&self, kind: ResourceType) -> BTreeSet<String> {
+    fn wanted(&self, kind: ResourceType) -> BTreeSet<Name> {
         let mut all = self.cluster_deps.clone();
         all.extend(&self.listener_deps);
         all.of(kind).cloned().unwrap_or_default()
@@ -105,6 +103,8 @@ impl Sotw {
 
 impl Protocol for Sotw {
     type Request = DiscoveryRequest;
+    const PATH: &'static str =
+        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
     type Response = DiscoveryResponse;
 
     fn open(&mut self) -> Vec<DiscoveryRequest> {
@@ -170,7 +170,7 @@ impl Protocol for Sotw {
         };
         state.version = version_info.clone();
         state.answered = true;
-        state.accepted = Some(decoded.iter().map(|d| d.name.clone()).collect());
+        state.accepted = Some(decoded.iter().map(|d| names::name(&d.name)).collect());
         let mut requests = vec![Self::request(kind, state)];
         let mut deps = Deps::default();
         for d in &decoded {
@@ -216,16 +216,5 @@ impl Protocol for Sotw {
                     .as_ref()
                     .is_some_and(|got| t.names.is_subset(got))
         })
-    }
-
-    async fn call<T: AdsTransport>(
-        client: AggregatedDiscoveryServiceClient<T>,
-        requests: ReceiverStream<DiscoveryRequest>,
-    ) -> Result<Streaming<DiscoveryResponse>, Status> {
-        let mut client = client.max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Ok(client
-            .stream_aggregated_resources(requests)
-            .await?
-            .into_inner())
     }
 }

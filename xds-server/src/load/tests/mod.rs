@@ -166,9 +166,16 @@ fn a_translated_proxy_references_only_resources_the_translation_has() {
             deps.extend(&decoded.deps);
         }
     }
-    let keys = |m: &translator::ResourceMap| m.keys().cloned().collect::<BTreeSet<_>>();
+    let keys = |m: &translator::ResourceMap| {
+        m.keys()
+            .map(|k| crate::load::names::name(k))
+            .collect::<BTreeSet<_>>()
+    };
     assert_eq!(deps.endpoints, keys(&resources.endpoints));
     assert!(!deps.routes.is_empty());
     assert!(deps.routes.is_subset(&keys(&resources.routes)));
-    assert_eq!(deps.secrets, ["ROOTCA", "default"].map(String::from).into());
+    assert_eq!(
+        deps.secrets,
+        ["ROOTCA", "default"].map(crate::load::names::name).into()
+    );
 }
