@@ -339,6 +339,9 @@ pub struct LimitArgs {
     /// Largest gRPC response message sent, in bytes; a larger one ends its stream with a warning.
     #[arg(long, env = "XDS_MAX_RESPONSE_BYTES", default_value_t = Limits::DEFAULT.max_response_bytes)]
     pub max_response_bytes: usize,
+    /// Bytes of framed responses not yet written, all streams together; past it a stream's next push waits.
+    #[arg(long, env = "XDS_MAX_PENDING_PUSH_BYTES", default_value_t = Limits::DEFAULT.max_pending_push_bytes)]
+    pub max_pending_push_bytes: usize,
     /// Longest resource name (and node id) a request may carry, in bytes.
     #[arg(long, env = "XDS_MAX_NAME_BYTES", default_value_t = Limits::DEFAULT.max_name_bytes)]
     pub max_name_bytes: usize,
@@ -370,6 +373,7 @@ impl LimitArgs {
         Limits {
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
+            max_pending_push_bytes: self.max_pending_push_bytes,
             max_name_bytes: self.max_name_bytes,
             max_names_per_request: self.max_names_per_request,
             max_delta_subscriptions: self.max_delta_subscriptions,

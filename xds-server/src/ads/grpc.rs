@@ -9,6 +9,13 @@
 //! that size for the life of the stream: about 1 MiB per sidecar at 1,000
 //! services (the CDS response), measured as two thirds of the server's
 //! memory with hundreds of sidecars connected (BENCHMARKS.md).
+//!
+//! Framed responses not yet written to their sockets share one budget of
+//! bytes ([`super::Limits::max_pending_push_bytes`]), as istiod throttles
+//! concurrent pushes: a stream whose next response does not fit waits (its
+//! response stays queued as shared resources, a few KiB) until another's is
+//! written. Without it a connect storm of 10,000 sidecars frames 10,000
+//! full pushes at once, each held until its slow reader takes it.
 
 use super::queue::ResponseStream;
 use super::wire::{DeltaResponse, Encode, SotwResponse};
@@ -20,8 +27,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 use futures::StreamExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
 use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http::{self, HeaderMap, HeaderValue, header};
@@ -40,12 +50,17 @@ const DELTA_PATH: &str =
 /// The length-prefixed message header: a compression flag and a length.
 const HEADER_SIZE: usize = 5;
 
+/// The push budget counts KiB: a semaphore permit per KiB.
+const BUDGET_UNIT: usize = 1024;
+
 /// What the wire layer needs of the ADS server (`AdsServer` implements
 /// it): its size limits, how a stream's peer is resolved, and how each
 /// variant's stream is started.
 pub trait Streams: Clone + Send + 'static {
     fn max_request_bytes(&self) -> usize;
     fn max_response_bytes(&self) -> usize;
+    /// Bytes of framed responses not yet written, all streams together.
+    fn max_pending_push_bytes(&self) -> usize;
     fn peer(&self, metadata: &MetadataMap, extensions: &Extensions) -> Peer;
     fn sotw(
         &self,
@@ -63,13 +78,46 @@ pub trait Streams: Clone + Send + 'static {
 #[derive(Clone)]
 pub struct AdsService<T: Streams> {
     streams: T,
+    budget: PushBudget,
 }
 
 impl<T: Streams> AdsService<T> {
     pub fn new(streams: T) -> Self {
-        AdsService { streams }
+        let budget = PushBudget::new(streams.max_pending_push_bytes());
+        AdsService { streams, budget }
     }
 }
+
+/// The bytes of framed responses not yet written, shared by every stream
+/// of a service, in [`BUDGET_UNIT`]s.
+#[derive(Clone)]
+struct PushBudget {
+    permits: Arc<Semaphore>,
+    units: u32,
+}
+
+impl PushBudget {
+    fn new(bytes: usize) -> Self {
+        let units = u32::try_from(bytes.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX));
+        PushBudget {
+            permits: Arc::new(Semaphore::new(units as usize)),
+            units,
+        }
+    }
+
+    /// Units a response of `len` bytes takes: at most the whole budget, so
+    /// a response larger than it still goes, alone.
+    fn units_for(&self, len: usize) -> u32 {
+        u32::try_from(len.div_ceil(BUDGET_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.units)
+    }
+}
+
+/// A wait for room in the budget.
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 impl<T: Streams> NamedService for AdsService<T> {
     const NAME: &'static str = SERVICE;
@@ -141,6 +189,8 @@ impl<T: Streams> AdsService<T> {
         let mut response = http::Response::new(Body::new(ResponseBody {
             responses,
             max_response,
+            budget: self.budget.clone(),
+            waiting: None,
             done: false,
         }));
         response.headers_mut().insert(
@@ -156,8 +206,15 @@ impl<T: Streams> AdsService<T> {
 struct ResponseBody<R> {
     responses: ResponseStream<R>,
     max_response: usize,
+    budget: PushBudget,
+    /// The next response and its length, waiting for room in the budget.
+    waiting: Option<(R, usize, Acquire)>,
     done: bool,
 }
+
+// Nothing of a body is ever pinned in place: the waiting response is moved
+// out by value, the wait itself is boxed.
+impl<R> Unpin for ResponseBody<R> {}
 
 impl<R> ResponseBody<R> {
     fn trailers(&mut self, status: &Status) -> Frame<Bytes> {
@@ -171,23 +228,46 @@ impl<R> ResponseBody<R> {
     }
 }
 
-/// `message` as one length-prefixed gRPC message in a buffer of its own.
-fn frame<R: Encode>(message: &R, max: usize) -> Result<Bytes, Status> {
+/// The length `message` frames to, or why it may not be sent.
+fn checked_len<R: Encode>(message: &R, max: usize) -> Result<usize, Status> {
     let len = message.encoded_len();
-    let prefix = u32::try_from(len)
-        .ok()
-        .filter(|_| len <= max)
-        .ok_or_else(|| {
-            Status::resource_exhausted(format!(
-                "the response is {len} bytes, more than the server's limit of {max} bytes \
-                 (--max-response-bytes)"
-            ))
-        })?;
+    if len > max || u32::try_from(len).is_err() {
+        return Err(Status::resource_exhausted(format!(
+            "the response is {len} bytes, more than the server's limit of {max} bytes \
+             (--max-response-bytes)"
+        )));
+    }
+    Ok(len)
+}
+
+/// `message` (`len` bytes, checked) as one length-prefixed gRPC message in
+/// a buffer of its own, which gives its share of the push budget back when
+/// HTTP/2 has written it and dropped it.
+fn frame<R: Encode>(message: &R, len: usize, permit: Option<OwnedSemaphorePermit>) -> Bytes {
     let mut buf = BytesMut::with_capacity(HEADER_SIZE + len);
     buf.put_u8(0);
-    buf.put_u32(prefix);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
     message.encode(&mut buf);
-    Ok(buf.freeze())
+    let bytes = buf.freeze();
+    match permit {
+        Some(permit) => Bytes::from_owner(Framed {
+            bytes,
+            _permit: permit,
+        }),
+        None => bytes,
+    }
+}
+
+/// A framed response and the budget it holds.
+struct Framed {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Framed {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
 }
 
 impl<R: Encode> HttpBody for ResponseBody<R> {
@@ -202,19 +282,35 @@ impl<R: Encode> HttpBody for ResponseBody<R> {
         if this.done {
             return Poll::Ready(None);
         }
-        let next = match this.responses.poll_next_unpin(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(next) => next,
+        if let Some((_, _, acquire)) = &mut this.waiting {
+            let permit = ready!(acquire.as_mut().poll(cx));
+            if let Some((message, len, _)) = this.waiting.take() {
+                // The semaphore is never closed; were it, send unthrottled.
+                return Poll::Ready(Some(Ok(Frame::data(frame(&message, len, permit.ok())))));
+            }
+        }
+        let next = ready!(this.responses.poll_next_unpin(cx));
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(status)) => return Poll::Ready(Some(Ok(this.trailers(&status)))),
+            None => return Poll::Ready(Some(Ok(this.trailers(&Status::new(Code::Ok, ""))))),
         };
-        let frame = match next {
-            Some(Ok(message)) => match frame(&message, this.max_response) {
-                Ok(bytes) => Frame::data(bytes),
-                Err(status) => this.trailers(&status),
-            },
-            Some(Err(status)) => this.trailers(&status),
-            None => this.trailers(&Status::new(Code::Ok, "")),
+        let len = match checked_len(&message, this.max_response) {
+            Ok(len) => len,
+            Err(status) => return Poll::Ready(Some(Ok(this.trailers(&status)))),
         };
-        Poll::Ready(Some(Ok(frame)))
+        let units = this.budget.units_for(HEADER_SIZE + len);
+        let permits = Arc::clone(&this.budget.permits);
+        match permits.try_acquire_many_owned(units) {
+            Ok(permit) => Poll::Ready(Some(Ok(Frame::data(frame(&message, len, Some(permit)))))),
+            Err(_) => {
+                let acquire: Acquire =
+                    Box::pin(Arc::clone(&this.budget.permits).acquire_many_owned(units));
+                this.waiting = Some((message, len, acquire));
+                // Polls the wait once, which registers the wake-up.
+                self.as_mut().poll_frame(cx)
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -243,6 +339,7 @@ mod tests {
     struct Scripted {
         responses: Vec<SotwResponse>,
         end: Option<Status>,
+        budget: usize,
     }
 
     impl Streams for Scripted {
@@ -252,6 +349,10 @@ mod tests {
 
         fn max_response_bytes(&self) -> usize {
             1024
+        }
+
+        fn max_pending_push_bytes(&self) -> usize {
+            self.budget
         }
 
         fn peer(&self, _metadata: &MetadataMap, _extensions: &Extensions) -> Peer {
@@ -325,6 +426,7 @@ mod tests {
         Scripted {
             responses: Vec::new(),
             end: None,
+            budget: 1 << 20,
         }
     }
 
@@ -355,6 +457,7 @@ mod tests {
             let streams = Scripted {
                 responses: vec![first.clone(), second.clone()],
                 end,
+                ..quiet()
             };
             let response = call(streams, SOTW_PATH, None).await;
             assert_eq!(
@@ -369,8 +472,9 @@ mod tests {
             let trailers = collected.trailers().cloned().expect("trailers");
             let status = Status::from_header_map(&trailers).expect("a status");
             assert_eq!((status.code(), status.message()), expected);
-            let mut expected_bytes = frame(&first, 1024).expect("fits").to_vec();
-            expected_bytes.extend_from_slice(&frame(&second, 1024).expect("fits"));
+            let framed = |m: &SotwResponse| frame(m, checked_len(m, 1024).expect("fits"), None);
+            let mut expected_bytes = framed(&first).to_vec();
+            expected_bytes.extend_from_slice(&framed(&second));
             assert_eq!(collected.to_bytes().to_vec(), expected_bytes);
         }
     }
@@ -379,7 +483,7 @@ mod tests {
     async fn a_response_past_the_limit_ends_the_stream_resource_exhausted() {
         let streams = Scripted {
             responses: vec![response("big", 2048), response("never", 1)],
-            end: None,
+            ..quiet()
         };
         let collected = call(streams, SOTW_PATH, None)
             .await
@@ -396,7 +500,7 @@ mod tests {
     fn a_response_is_one_length_prefixed_message_in_a_buffer_of_its_size() {
         let message = response("v1", 300);
         let len = message.encoded_len();
-        let bytes = frame(&message, 1024).expect("fits");
+        let bytes = frame(&message, checked_len(&message, 1024).expect("fits"), None);
         assert_eq!(bytes.len(), HEADER_SIZE + len);
         assert_eq!(bytes[0], 0, "not compressed");
         assert_eq!(bytes[1..5], (len as u32).to_be_bytes());
@@ -406,11 +510,63 @@ mod tests {
         assert_eq!(decoded.resources.len(), 1);
         assert_eq!(decoded.resources[0], message.resources[0].body);
 
-        let status = frame(&message, len - 1).expect_err("over the limit");
+        let status = checked_len(&message, len - 1).expect_err("over the limit");
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(
             status.message().contains("--max-response-bytes"),
             "{status}"
         );
+    }
+
+    /// Two streams sharing a budget of one response: the second's response
+    /// is framed only once the first's was written (its buffer dropped).
+    #[tokio::test]
+    async fn a_push_waits_for_room_in_the_shared_budget() {
+        let message = response("v1", 3000);
+        let len = checked_len(&message, 1 << 20).expect("fits");
+        let budget = PushBudget::new(HEADER_SIZE + len);
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let (tx, rx) = response_queue(4, Duration::from_secs(5));
+            tx.send(Ok(message.clone())).await.expect("queued");
+            bodies.push(ResponseBody {
+                responses: rx,
+                max_response: 1 << 20,
+                budget: budget.clone(),
+                waiting: None,
+                done: false,
+            });
+        }
+        let (mut a, mut b) = (bodies.remove(0), bodies.remove(0));
+        let first = a
+            .frame()
+            .await
+            .expect("a frame")
+            .expect("no error")
+            .into_data()
+            .expect("data");
+        assert_eq!(first.len(), HEADER_SIZE + len);
+        let mut second = Box::pin(b.frame());
+        assert!(
+            futures::poll!(second.as_mut()).is_pending(),
+            "framed while the first still holds the whole budget"
+        );
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(10), second)
+            .await
+            .expect("framed once the first is written")
+            .expect("a frame")
+            .expect("no error")
+            .into_data()
+            .expect("data");
+        assert_eq!(second.len(), HEADER_SIZE + len);
+    }
+
+    #[test]
+    fn a_response_larger_than_the_budget_takes_all_of_it() {
+        let budget = PushBudget::new(10 * BUDGET_UNIT);
+        assert_eq!(budget.units_for(1), 1);
+        assert_eq!(budget.units_for(BUDGET_UNIT + 1), 2);
+        assert_eq!(budget.units_for(100 * BUDGET_UNIT), 10);
     }
 }

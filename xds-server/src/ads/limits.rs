@@ -8,7 +8,9 @@
 //!   [`check_delta`], before the request is looked at;
 //! - delta subscriptions per stream: `delta.rs`;
 //! - NACK messages kept: [`truncate`], where the NACK is recorded;
-//! - a proxy that stops reading: the send timeout of the stream's queue.
+//! - a proxy that stops reading: the send timeout of the stream's queue;
+//! - framed responses waiting to be written, all streams together: the
+//!   push budget (`grpc.rs`).
 //!
 //! A request past a bound ends its stream with a status naming the bound and
 //! the flag that raises it; the server never buffers on a client's behalf
@@ -42,6 +44,11 @@ pub struct Limits {
     /// Largest gRPC message sent (a response). A response past it ends the
     /// stream with RESOURCE_EXHAUSTED and a warning, instead of being queued.
     pub max_response_bytes: usize,
+    /// Bytes of framed responses not yet written to their sockets, all
+    /// streams together; a stream whose next response does not fit waits
+    /// for others to be written (istiod's push throttle, in bytes). A
+    /// response larger than the whole budget still goes, alone.
+    pub max_pending_push_bytes: usize,
     /// Longest resource name, version in `initial_resource_versions`, and
     /// node id a request may carry.
     pub max_name_bytes: usize,
@@ -81,6 +88,11 @@ impl Limits {
         // about 1 KiB per service port: 64 MiB is far beyond any mesh this
         // serves, and bounds the queue of a stream at 16 such responses.
         max_response_bytes: 64 * MIB,
+        // Enough full pushes of a 1,000-service mesh (about 1 MiB each) in
+        // flight to keep every core busy encrypting and writing, while
+        // 10,000 sidecars connecting at once cannot make the server frame
+        // 10,000 of them (gigabytes) before any is read.
+        max_pending_push_bytes: 64 * MIB,
         // Envoy resource names are short: `outbound|8000||httpbin.foo.svc.cluster.local`
         // is at most about 330 bytes (a 253-byte host, a subset name);
         // xdstp:// names and SDS file paths are longer but well under 4 KiB.

@@ -185,6 +185,10 @@ impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
         self.shared.limits.max_response_bytes
     }
 
+    fn max_pending_push_bytes(&self) -> usize {
+        self.shared.limits.max_pending_push_bytes
+    }
+
     fn peer(&self, metadata: &MetadataMap, extensions: &Extensions) -> Peer {
         (self.shared.peer_of)(metadata, extensions)
     }
