@@ -15,7 +15,7 @@
 //! response.
 
 use super::limits::{self, Limits, Refusal};
-use super::registry::{Nack, Subscription, TypeStatus};
+use super::registry::{Nack, Names, Subscription, TypeStatus};
 use super::stream::{Ended, Session, Variant};
 use super::wire::DeltaResponse;
 use crate::view::ConfigSource;
@@ -130,32 +130,44 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
             .sum();
         let first = !self.types.contains_key(&kind);
         let state = self.types.entry(kind).or_default();
-        let subscription = state
-            .status
-            .subscription
-            .get_or_insert_with(|| Subscription {
+        let subscription = state.status.subscription.get_or_insert_with(|| {
+            Arc::new(Subscription {
                 // Legacy wildcard: a first CDS/LDS request naming nothing.
                 wildcard: kind.is_wildcard() && resource_names_subscribe.is_empty(),
-                names: BTreeSet::new(),
-            });
+                names: Names::default(),
+            })
+        });
         // Whether the subscription changed: a request repeating what the
-        // stream already has costs no copy and no diff.
+        // stream already has costs no copy and no diff. The registry shares
+        // the subscription, so it is copied (`make_mut`) only when it
+        // changes, and replaced there on the publish below.
         let mut changed = first;
         let mut removed = first;
         for name in resource_names_subscribe {
             if name == "*" {
-                changed |= !subscription.wildcard;
-                subscription.wildcard = true;
-            } else {
-                changed |= subscription.names.insert(name);
+                if !subscription.wildcard {
+                    Arc::make_mut(subscription).wildcard = true;
+                    changed = true;
+                }
+            } else if !subscription.names.contains(&name) {
+                Arc::make_mut(subscription).names.insert(name);
+                changed = true;
             }
         }
         for name in resource_names_unsubscribe {
             let gone = if name == "*" {
-                std::mem::replace(&mut subscription.wildcard, false)
+                subscription.wildcard
             } else {
-                subscription.names.remove(&name)
+                subscription.names.contains(&name)
             };
+            if gone {
+                let subscription = Arc::make_mut(subscription);
+                if name == "*" {
+                    subscription.wildcard = false;
+                } else {
+                    subscription.names.remove(&name);
+                }
+            }
             removed |= gone;
         }
         changed |= removed;
@@ -165,6 +177,12 @@ impl<S: ConfigSource> Variant<S> for Delta<S> {
             limits::check_subscriptions_of(max_subscriptions, others + subscription.names.len())
         {
             return Err(self.session.refuse(refusal).await);
+        }
+        if changed {
+            // Unique here (changed above, or just created): no copy.
+            Arc::make_mut(subscription)
+                .names
+                .share_keys_of(self.session.view.of(kind));
         }
         if first {
             state.held = initial_resource_versions
@@ -315,9 +333,11 @@ fn diff(all: &ResourceMap, state: &DeltaType, resend: &BTreeSet<String>) -> Diff
 }
 
 /// Whether `subscription` covers every resource of `all`.
-fn covers_all(all: &ResourceMap, subscription: Option<&Subscription>) -> bool {
+fn covers_all(all: &Arc<ResourceMap>, subscription: Option<&Subscription>) -> bool {
     subscription.is_some_and(|s| {
-        s.wildcard || (s.names.len() >= all.len() && all.keys().all(|name| s.names.contains(name)))
+        s.wildcard
+            || s.names.are_keys_of(all)
+            || (s.names.len() >= all.len() && all.keys().all(|name| s.names.contains(name)))
     })
 }
 
@@ -332,10 +352,24 @@ impl<S: ConfigSource> Delta<S> {
         resend: &BTreeSet<String>,
         at: Instant,
     ) -> Result<BTreeSet<String>, Ended> {
-        let Some(state) = self.types.get(&kind) else {
+        let Some(state) = self.types.get_mut(&kind) else {
             return Ok(BTreeSet::new());
         };
         let all = self.session.view.of(kind);
+        // Names that are the keys of this map now refer to it: no copy of
+        // the names, and no older map (with its old resources) kept alive
+        // for them. Delta requests do not repeat the names, so this is
+        // where a new map is met.
+        if let Some(subscription) = &mut state.status.subscription
+            && let Some(names) = subscription.names.shared_with(all)
+        {
+            *subscription = Arc::new(Subscription {
+                wildcard: subscription.wildcard,
+                names,
+            });
+            self.session.publish(kind, &state.status);
+        }
+        let state = &*state;
         let unchanged = self
             .diffed_from
             .get(&kind)
@@ -346,7 +380,7 @@ impl<S: ConfigSource> Delta<S> {
         self.diffed_from.insert(kind, Arc::clone(all));
         let diff = diff(all, state, resend);
         let mut sent = Arc::clone(&state.status.sent);
-        if covers_all(all, state.status.subscription.as_ref()) {
+        if covers_all(all, state.status.subscription.as_deref()) {
             // After this push the proxy holds exactly the view's map (the
             // diff removes what it no longer has): share it rather than
             // keep a copy per stream.
