@@ -394,6 +394,60 @@ mod tests {
         }
     }
 
+    fn keys(names: &[&str]) -> Arc<ResourceMap> {
+        Arc::new(
+            names
+                .iter()
+                .map(|n| {
+                    let r = translator::Resource::from_encoded::<
+                        envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+                    >(*n, ResourceType::Endpoint, Vec::new());
+                    (n.to_string(), Arc::new(r))
+                })
+                .collect(),
+        )
+    }
+
+    fn owned(names: &[&str]) -> Names {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn ads_names_equal_to_a_map_s_keys_refer_to_it_and_behave_the_same() {
+        let map = keys(&["a", "b"]);
+        let mut names = owned(&["b", "a"]);
+        assert!(!names.are_keys_of(&map));
+        assert!(names.share_keys_of(&map));
+        assert!(names.are_keys_of(&map));
+        assert!(!names.share_keys_of(&map), "already shared");
+        // Same set, same printout, however held.
+        assert_eq!(names, owned(&["a", "b"]));
+        assert_eq!(format!("{names:?}"), format!("{:?}", owned(&["a", "b"])));
+        assert_eq!(names.iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(names.contains("a") && !names.contains("c"));
+        assert_eq!(names.len(), 2);
+        // Another map with the same keys is equal too.
+        let mut other = owned(&["a", "b"]);
+        other.share_keys_of(&keys(&["a", "b"]));
+        assert_eq!(names, other);
+        // Other names are not shared.
+        assert!(!owned(&["a"]).share_keys_of(&map));
+        assert!(!owned(&["a", "c"]).share_keys_of(&map));
+
+        // Changing them makes a set of their own; the map is untouched.
+        assert!(!names.insert("a".to_string()));
+        assert!(names.are_keys_of(&map), "no change, still shared");
+        assert!(names.insert("c".to_string()));
+        assert!(!names.are_keys_of(&map));
+        assert_eq!(names, owned(&["a", "b", "c"]));
+        assert_eq!(map.len(), 2);
+        let mut names = owned(&["a", "b"]);
+        names.share_keys_of(&map);
+        assert!(!names.remove("c"));
+        assert!(names.remove("b"));
+        assert_eq!(names, owned(&["a"]));
+    }
+
     #[test]
     fn ads_sync_state_compares_sent_acked_and_nacked() {
         assert_eq!(status(None, None, None).sync_state(), SyncState::NotSent);
