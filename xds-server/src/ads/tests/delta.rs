@@ -335,3 +335,65 @@ async fn delta_eds_naming_every_cluster_shares_the_view_keys_and_the_registry_th
     })
     .await;
 }
+
+#[tokio::test]
+async fn delta_eds_nacked_while_naming_every_cluster_is_not_resent() {
+    within(async {
+        let (source, server) = setup();
+        let mut stream = Stream::open(&server).await;
+        stream
+            .send(request(ResourceType::Endpoint, &[EDS_A, EDS_B], &[], ""))
+            .await;
+        let eds = stream.recv().await;
+        assert_eq!(names(&eds), [EDS_A, EDS_B]);
+        stream
+            .send(request(ResourceType::Route, &["80"], &[], ""))
+            .await;
+        assert_eq!(kind_of(&stream.recv().await), ResourceType::Route);
+        stream
+            .send(DeltaDiscoveryRequest {
+                error_detail: Some(RpcStatus {
+                    code: 3,
+                    message: "bad endpoints".to_string(),
+                    details: Vec::new(),
+                }),
+                ..request(ResourceType::Endpoint, &[], &[], &eds.nonce)
+            })
+            .await;
+        eventually("the NACK is recorded", || {
+            server.stats().nacks(ResourceType::Endpoint) == 1
+        })
+        .await;
+        // Every map is new after a change: EDS comes before RDS, so had the
+        // rejected endpoints been resent they would be next.
+        source.set(NODE, &base_with(&[res(ResourceType::Route, "80", 2)], &[]));
+        assert_eq!(kind_of(&stream.recv().await), ResourceType::Route);
+
+        // One changes: only it is sent.
+        source.set(
+            NODE,
+            &base_with(
+                &[
+                    res(ResourceType::Route, "80", 2),
+                    res(ResourceType::Endpoint, EDS_B, 2),
+                ],
+                &[],
+            ),
+        );
+        let fixed = stream.recv().await;
+        assert_eq!(kind_of(&fixed), ResourceType::Endpoint);
+        assert_eq!(names(&fixed), [EDS_B]);
+
+        // Unsubscribed and subscribed again: sent again though unchanged.
+        stream
+            .send(request(ResourceType::Endpoint, &[], &[EDS_A], ""))
+            .await;
+        stream
+            .send(request(ResourceType::Endpoint, &[EDS_A], &[], ""))
+            .await;
+        let again = stream.recv().await;
+        assert_eq!(names(&again), [EDS_A]);
+        assert!(again.removed_resources.is_empty());
+    })
+    .await;
+}
