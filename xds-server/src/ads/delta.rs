@@ -548,7 +548,13 @@ impl<S: ConfigSource> Delta<S> {
             }
             return Ok(BTreeSet::new());
         }
-        let version = set_version(&sent);
+        // What the proxy holds is the view's map in the common case: its
+        // version is the map's, computed once for every stream.
+        let version = if Arc::ptr_eq(&sent, &all) {
+            self.session.shared.versions.of(&all)
+        } else {
+            set_version(&sent)
+        };
         let nonce = self.session.next_nonce();
         let response = DeltaResponse {
             system_version_info: version.clone(),

@@ -172,7 +172,14 @@ impl<S: ConfigSource> Sotw<S> {
         }
         self.decided_from.insert(kind, Arc::clone(all));
         let resources = select(all, subscription);
-        let version = set_version(&resources);
+        // Wildcards and EDS naming every cluster get the view's map itself,
+        // shared by every proxy with that view: its version is computed
+        // once, not per stream.
+        let version = if Arc::ptr_eq(&resources, all) {
+            self.session.shared.versions.of(all)
+        } else {
+            set_version(&resources)
+        };
         if !force && status.sent_version.as_ref() == Some(&version) {
             return Ok(false);
         }

@@ -591,3 +591,21 @@ async fn sotw_eds_naming_every_cluster_shares_the_view_keys_and_the_registry_the
     })
     .await;
 }
+
+#[tokio::test]
+async fn sotw_version_of_a_shared_map_is_computed_once_for_all_streams() {
+    within(async {
+        let (_source, server) = setup();
+        let mut one = Stream::open(&server).await;
+        let mut two = Stream::open(&server).await;
+        let first = clusters(&mut one).await;
+        let second = clusters(&mut two).await;
+        assert_eq!(first.version_info, second.version_info);
+        assert_eq!(
+            server.shared.versions.computed(),
+            1,
+            "both streams send the view's cluster map: hashed once"
+        );
+    })
+    .await;
+}
