@@ -64,7 +64,9 @@ impl Default for Repr {
 }
 
 /// The names of a [`Names`], in order.
-pub enum NamesIter<'a> {
+pub struct NamesIter<'a>(IterRepr<'a>);
+
+enum IterRepr<'a> {
     Owned(std::collections::btree_set::Iter<'a, String>),
     KeysOf(std::collections::btree_map::Keys<'a, String, Arc<translator::Resource>>),
 }
@@ -73,16 +75,16 @@ impl<'a> Iterator for NamesIter<'a> {
     type Item = &'a String;
 
     fn next(&mut self) -> Option<&'a String> {
-        match self {
-            NamesIter::Owned(it) => it.next(),
-            NamesIter::KeysOf(it) => it.next(),
+        match &mut self.0 {
+            IterRepr::Owned(it) => it.next(),
+            IterRepr::KeysOf(it) => it.next(),
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        match self {
-            NamesIter::Owned(it) => it.size_hint(),
-            NamesIter::KeysOf(it) => it.size_hint(),
+        match &self.0 {
+            IterRepr::Owned(it) => it.size_hint(),
+            IterRepr::KeysOf(it) => it.size_hint(),
         }
     }
 }
@@ -92,8 +94,8 @@ impl ExactSizeIterator for NamesIter<'_> {}
 impl Names {
     pub fn iter(&self) -> NamesIter<'_> {
         match &self.0 {
-            Repr::Owned(set) => NamesIter::Owned(set.iter()),
-            Repr::KeysOf(map) => NamesIter::KeysOf(map.keys()),
+            Repr::Owned(set) => NamesIter(IterRepr::Owned(set.iter())),
+            Repr::KeysOf(map) => NamesIter(IterRepr::KeysOf(map.keys())),
         }
     }
 
@@ -150,9 +152,13 @@ impl Names {
     }
 
     /// The same names as `map`'s keys, by reference to `map`, when they
-    /// are the same names and not already `map`'s.
+    /// are the same names and not already `map`'s. Never for no names: an
+    /// empty set costs nothing, a reference would keep `map` alive.
     pub fn shared_with(&self, map: &Arc<ResourceMap>) -> Option<Names> {
-        let same = !self.are_keys_of(map) && self.len() == map.len() && self.iter().eq(map.keys());
+        let same = !self.is_empty()
+            && !self.are_keys_of(map)
+            && self.len() == map.len()
+            && self.iter().eq(map.keys());
         same.then(|| Names(Repr::KeysOf(Arc::clone(map))))
     }
 
@@ -433,6 +439,10 @@ mod tests {
         // Other names are not shared.
         assert!(!owned(&["a"]).share_keys_of(&map));
         assert!(!owned(&["a", "c"]).share_keys_of(&map));
+        assert!(
+            !Names::default().share_keys_of(&keys(&[])),
+            "nothing to save"
+        );
 
         // Changing them makes a set of their own; the map is untouched.
         assert!(!names.insert("a".to_string()));
