@@ -19,6 +19,7 @@ pub mod stats;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod versions;
 mod wire;
 
 pub use grpc::AdsService;
@@ -32,6 +33,7 @@ pub use stream::{PeerResolver, RESPONSE_QUEUE, status_of};
 pub use wire::{DeltaResponse, Encode, SotwResponse};
 
 use stream::{Shared, drive};
+use versions::Versions;
 
 use crate::identity::Peer;
 use crate::view::ConfigSource;
@@ -82,6 +84,7 @@ impl<S: ConfigSource> AdsServer<S> {
                 stats,
                 peer_of: Arc::new(peer_from_extensions),
                 limits: Limits::default(),
+                versions: Versions::default(),
             }),
         }
     }
@@ -95,6 +98,7 @@ impl<S: ConfigSource> AdsServer<S> {
             stats: Arc::clone(&self.shared.stats),
             peer_of: Arc::clone(&self.shared.peer_of),
             limits: self.shared.limits.clone(),
+            versions: Versions::default(),
         };
         change(&mut shared);
         AdsServer {

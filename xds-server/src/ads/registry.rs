@@ -33,13 +33,181 @@ pub struct Subscription {
     /// All resources of the type (CDS/LDS legacy wildcard or `*`).
     pub wildcard: bool,
     /// Resources asked for by name (in addition to the wildcard, if any).
-    pub names: BTreeSet<String>,
+    pub names: Names,
 }
 
 impl Subscription {
     /// Whether `name` is covered by this subscription.
     pub fn covers(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
+    }
+}
+
+/// The names of a [`Subscription`], a sorted set. A stream naming exactly
+/// the resources of its view's map (EDS naming every cluster, the common
+/// case) refers to that map's keys instead of keeping its own copy of
+/// ~1,000 names; the map is shared by every proxy with the same view.
+#[derive(Clone, Default)]
+pub struct Names(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Owned(BTreeSet<String>),
+    /// Exactly the keys of this map.
+    KeysOf(Arc<ResourceMap>),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Repr::Owned(BTreeSet::new())
+    }
+}
+
+/// The names of a [`Names`], in order.
+pub struct NamesIter<'a>(IterRepr<'a>);
+
+enum IterRepr<'a> {
+    Owned(std::collections::btree_set::Iter<'a, String>),
+    KeysOf(std::collections::btree_map::Keys<'a, String, Arc<translator::Resource>>),
+}
+
+impl<'a> Iterator for NamesIter<'a> {
+    type Item = &'a String;
+
+    fn next(&mut self) -> Option<&'a String> {
+        match &mut self.0 {
+            IterRepr::Owned(it) => it.next(),
+            IterRepr::KeysOf(it) => it.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.0 {
+            IterRepr::Owned(it) => it.size_hint(),
+            IterRepr::KeysOf(it) => it.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for NamesIter<'_> {}
+
+impl Names {
+    pub fn iter(&self) -> NamesIter<'_> {
+        match &self.0 {
+            Repr::Owned(set) => NamesIter(IterRepr::Owned(set.iter())),
+            Repr::KeysOf(map) => NamesIter(IterRepr::KeysOf(map.keys())),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            Repr::Owned(set) => set.len(),
+            Repr::KeysOf(map) => map.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match &self.0 {
+            Repr::Owned(set) => set.contains(name),
+            Repr::KeysOf(map) => map.contains_key(name),
+        }
+    }
+
+    /// Adds `name`; whether it was not there yet.
+    pub fn insert(&mut self, name: String) -> bool {
+        if self.contains(&name) {
+            return false;
+        }
+        self.edit(|set| set.insert(name))
+    }
+
+    /// Removes `name`; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        if !self.contains(name) {
+            return false;
+        }
+        self.edit(|set| set.remove(name))
+    }
+
+    /// Whether these are, by reference, the keys of `map`: then `map`
+    /// needs no name-by-name comparison to know it is exactly what is named.
+    pub fn are_keys_of(&self, map: &Arc<ResourceMap>) -> bool {
+        matches!(&self.0, Repr::KeysOf(keys) if Arc::ptr_eq(keys, map))
+    }
+
+    /// Refers to `map`'s keys instead of holding the names when they are
+    /// the same names (and not already `map`'s). Whether it switched.
+    pub fn share_keys_of(&mut self, map: &Arc<ResourceMap>) -> bool {
+        match self.shared_with(map) {
+            Some(shared) => {
+                *self = shared;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The same names as `map`'s keys, by reference to `map`, when they
+    /// are the same names and not already `map`'s. Never for no names: an
+    /// empty set costs nothing, a reference would keep `map` alive.
+    pub fn shared_with(&self, map: &Arc<ResourceMap>) -> Option<Names> {
+        let same = !self.is_empty()
+            && !self.are_keys_of(map)
+            && self.len() == map.len()
+            && self.iter().eq(map.keys());
+        same.then(|| Names(Repr::KeysOf(Arc::clone(map))))
+    }
+
+    /// Changes the names as a set of their own, copied from the map's keys
+    /// if they were a map's.
+    fn edit<T>(&mut self, change: impl FnOnce(&mut BTreeSet<String>) -> T) -> T {
+        let mut set = match std::mem::take(&mut self.0) {
+            Repr::Owned(set) => set,
+            Repr::KeysOf(map) => map.keys().cloned().collect(),
+        };
+        let out = change(&mut set);
+        self.0 = Repr::Owned(set);
+        out
+    }
+}
+
+impl FromIterator<String> for Names {
+    fn from_iter<I: IntoIterator<Item = String>>(names: I) -> Self {
+        Names(Repr::Owned(names.into_iter().collect()))
+    }
+}
+
+impl<'a> IntoIterator for &'a Names {
+    type Item = &'a String;
+    type IntoIter = NamesIter<'a>;
+
+    fn into_iter(self) -> NamesIter<'a> {
+        self.iter()
+    }
+}
+
+/// The same names, however each side holds them.
+impl PartialEq for Names {
+    fn eq(&self, other: &Self) -> bool {
+        if let (Repr::KeysOf(a), Repr::KeysOf(b)) = (&self.0, &other.0)
+            && Arc::ptr_eq(a, b)
+        {
+            return true;
+        }
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Names {}
+
+/// Printed as the set of names, however held.
+impl fmt::Debug for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
     }
 }
 
@@ -58,7 +226,9 @@ pub struct TypeStatus {
     /// Shared with the snapshots, so keeping it is cheap; `/config_dump` reads it.
     pub sent: Arc<ResourceMap>,
     /// `None` until the proxy asks for this type on this connection.
-    pub subscription: Option<Subscription>,
+    /// Shared with the stream: mirroring the status into the registry
+    /// copies no names.
+    pub subscription: Option<Arc<Subscription>>,
 }
 
 /// Whether a proxy holds what we last sent it, for one type.
@@ -228,6 +398,64 @@ mod tests {
             }),
             ..TypeStatus::default()
         }
+    }
+
+    fn keys(names: &[&str]) -> Arc<ResourceMap> {
+        Arc::new(
+            names
+                .iter()
+                .map(|n| {
+                    let r = translator::Resource::from_encoded::<
+                        envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+                    >(*n, ResourceType::Endpoint, Vec::new());
+                    (n.to_string(), Arc::new(r))
+                })
+                .collect(),
+        )
+    }
+
+    fn owned(names: &[&str]) -> Names {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn ads_names_equal_to_a_map_s_keys_refer_to_it_and_behave_the_same() {
+        let map = keys(&["a", "b"]);
+        let mut names = owned(&["b", "a"]);
+        assert!(!names.are_keys_of(&map));
+        assert!(names.share_keys_of(&map));
+        assert!(names.are_keys_of(&map));
+        assert!(!names.share_keys_of(&map), "already shared");
+        // Same set, same printout, however held.
+        assert_eq!(names, owned(&["a", "b"]));
+        assert_eq!(format!("{names:?}"), format!("{:?}", owned(&["a", "b"])));
+        assert_eq!(names.iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(names.contains("a") && !names.contains("c"));
+        assert_eq!(names.len(), 2);
+        // Another map with the same keys is equal too.
+        let mut other = owned(&["a", "b"]);
+        other.share_keys_of(&keys(&["a", "b"]));
+        assert_eq!(names, other);
+        // Other names are not shared.
+        assert!(!owned(&["a"]).share_keys_of(&map));
+        assert!(!owned(&["a", "c"]).share_keys_of(&map));
+        assert!(
+            !Names::default().share_keys_of(&keys(&[])),
+            "nothing to save"
+        );
+
+        // Changing them makes a set of their own; the map is untouched.
+        assert!(!names.insert("a".to_string()));
+        assert!(names.are_keys_of(&map), "no change, still shared");
+        assert!(names.insert("c".to_string()));
+        assert!(!names.are_keys_of(&map));
+        assert_eq!(names, owned(&["a", "b", "c"]));
+        assert_eq!(map.len(), 2);
+        let mut names = owned(&["a", "b"]);
+        names.share_keys_of(&map);
+        assert!(!names.remove("c"));
+        assert!(names.remove("b"));
+        assert_eq!(names, owned(&["a"]));
     }
 
     #[test]

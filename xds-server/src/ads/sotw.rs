@@ -17,7 +17,7 @@
 //! is not trusted: a new stream always gets the current state.
 
 use super::limits::{self, Limits, Refusal};
-use super::registry::{Nack, Subscription, TypeStatus};
+use super::registry::{Nack, Names, Subscription, TypeStatus};
 use super::stream::{Ended, Session, Variant};
 use super::wire::SotwResponse;
 use crate::view::ConfigSource;
@@ -107,10 +107,18 @@ impl<S: ConfigSource> Variant<S> for Sotw<S> {
                 dirty = true;
             }
         }
-        let subscription = sotw_subscription(kind, resource_names);
-        let changed = status.subscription.as_ref() != Some(&subscription);
-        if changed {
-            status.subscription = Some(subscription);
+        let all = self.session.view.of(kind);
+        let subscription = sotw_subscription(kind, resource_names, all);
+        let changed = status.subscription.as_deref() != Some(&subscription);
+        // The same names now shared with the current map: taken too, so the
+        // stream and the registry stop holding an older map alive.
+        let shares = subscription.names.are_keys_of(all)
+            && status
+                .subscription
+                .as_ref()
+                .is_some_and(|s| !s.names.are_keys_of(all));
+        if changed || shares {
+            status.subscription = Some(Arc::new(subscription));
             dirty = true;
         }
         if dirty {
@@ -164,7 +172,14 @@ impl<S: ConfigSource> Sotw<S> {
         }
         self.decided_from.insert(kind, Arc::clone(all));
         let resources = select(all, subscription);
-        let version = set_version(&resources);
+        // Wildcards and EDS naming every cluster get the view's map itself,
+        // shared by every proxy with that view: its version is computed
+        // once, not per stream.
+        let version = if Arc::ptr_eq(&resources, all) {
+            self.session.shared.versions.of(all)
+        } else {
+            set_version(&resources)
+        };
         if !force && status.sent_version.as_ref() == Some(&version) {
             return Ok(false);
         }
@@ -190,12 +205,17 @@ impl<S: ConfigSource> Sotw<S> {
 
 /// The subscription a state-of-the-world request expresses. For CDS/LDS an
 /// empty list (legacy) or `*` means all; other types are always by name.
-fn sotw_subscription(kind: ResourceType, names: Vec<String>) -> Subscription {
+/// Names that are exactly the keys of `all` (EDS naming every cluster) are
+/// kept as a reference to `all`, not copied.
+fn sotw_subscription(
+    kind: ResourceType,
+    names: Vec<String>,
+    all: &Arc<ResourceMap>,
+) -> Subscription {
     let wildcard = kind.is_wildcard() && (names.is_empty() || names.iter().any(|n| n == "*"));
-    Subscription {
-        wildcard,
-        names: names.into_iter().filter(|n| n != "*").collect(),
-    }
+    let mut names: Names = names.into_iter().filter(|n| n != "*").collect();
+    names.share_keys_of(all);
+    Subscription { wildcard, names }
 }
 
 /// The resources of `all` that `subscription` covers. Shares the map when
@@ -204,6 +224,7 @@ fn sotw_subscription(kind: ResourceType, names: Vec<String>) -> Subscription {
 fn select(all: &Arc<ResourceMap>, subscription: &Subscription) -> Arc<ResourceMap> {
     let names = &subscription.names;
     if subscription.wildcard
+        || names.are_keys_of(all)
         || (names.len() >= all.len() && all.keys().all(|name| names.contains(name)))
     {
         return Arc::clone(all);
@@ -212,7 +233,7 @@ fn select(all: &Arc<ResourceMap>, subscription: &Subscription) -> Arc<ResourceMa
         subscription
             .names
             .iter()
-            .filter_map(|name| all.get_key_value(name))
+            .filter_map(|name| all.get_key_value(name.as_str()))
             .map(|(name, r)| (name.clone(), Arc::clone(r)))
             .collect(),
     )
@@ -224,10 +245,11 @@ mod tests {
 
     #[test]
     fn ads_sotw_wildcard_only_for_cds_and_lds() {
-        assert!(sotw_subscription(ResourceType::Cluster, vec![]).wildcard);
-        assert!(sotw_subscription(ResourceType::Listener, vec!["*".into()]).wildcard);
-        assert!(!sotw_subscription(ResourceType::Endpoint, vec![]).wildcard);
-        let named = sotw_subscription(ResourceType::Route, vec!["a".into(), "b".into()]);
+        let none = Arc::new(ResourceMap::new());
+        assert!(sotw_subscription(ResourceType::Cluster, vec![], &none).wildcard);
+        assert!(sotw_subscription(ResourceType::Listener, vec!["*".into()], &none).wildcard);
+        assert!(!sotw_subscription(ResourceType::Endpoint, vec![], &none).wildcard);
+        let named = sotw_subscription(ResourceType::Route, vec!["a".into(), "b".into()], &none);
         assert!(!named.wildcard);
         assert_eq!(named.names.len(), 2);
     }

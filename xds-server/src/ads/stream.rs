@@ -7,6 +7,7 @@ use super::limits::{Limit, Limits, Refusal};
 use super::queue::{Responder, Unsent};
 use super::registry::{ConnectionId, ConnectionStatus, Registry, TypeStatus};
 use super::stats::Stats;
+use super::versions::Versions;
 use super::wire::Encode;
 use crate::identity::Peer;
 use crate::view::{ConfigSource, ProxyView, ViewError, interception_of};
@@ -58,6 +59,8 @@ pub(super) struct Shared<S> {
     pub(super) stats: Arc<Stats>,
     pub(super) peer_of: PeerResolver,
     pub(super) limits: Limits,
+    /// Versions of the view maps streams send whole.
+    pub(super) versions: Versions,
 }
 
 /// One protocol variant (state of the world or delta) of an identified

@@ -286,3 +286,114 @@ async fn delta_nack_is_recorded_and_not_resent() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn delta_eds_naming_every_cluster_shares_the_view_keys_and_the_registry_the_stream_s() {
+    within(async {
+        let (source, server) = setup();
+        let mut stream = Stream::open(&server).await;
+        stream
+            .send(request(ResourceType::Endpoint, &[EDS_A, EDS_B], &[], ""))
+            .await;
+        let first = stream.recv().await;
+        stream.ack(&first).await;
+        let endpoints = || server.registry().snapshot()[0].types[&ResourceType::Endpoint].clone();
+        eventually("the ACK is recorded", || {
+            endpoints().sync_state() == SyncState::Synced
+        })
+        .await;
+        let subscription = endpoints().subscription.expect("subscribed");
+        let view = source.current(NODE);
+        assert!(
+            subscription
+                .names
+                .are_keys_of(view.of(ResourceType::Endpoint)),
+            "the names are the view map's keys, not a copy: {subscription:?}"
+        );
+        assert_eq!(
+            Arc::strong_count(&subscription),
+            3,
+            "the registry shares the stream's subscription"
+        );
+        drop(subscription);
+
+        // New endpoints, same names: the push moves the names to the new
+        // map (delta requests do not repeat them).
+        source.set(
+            NODE,
+            &base_with(&[res(ResourceType::Endpoint, EDS_A, 2)], &[]),
+        );
+        let update = stream.recv().await;
+        assert_eq!(names(&update), [EDS_A]);
+        let view = source.current(NODE);
+        eventually("the names refer to the new map", || {
+            endpoints()
+                .subscription
+                .is_some_and(|s| s.names.are_keys_of(view.of(ResourceType::Endpoint)))
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn delta_eds_nacked_while_naming_every_cluster_is_not_resent() {
+    within(async {
+        let (source, server) = setup();
+        let mut stream = Stream::open(&server).await;
+        stream
+            .send(request(ResourceType::Endpoint, &[EDS_A, EDS_B], &[], ""))
+            .await;
+        let eds = stream.recv().await;
+        assert_eq!(names(&eds), [EDS_A, EDS_B]);
+        stream
+            .send(request(ResourceType::Route, &["80"], &[], ""))
+            .await;
+        assert_eq!(kind_of(&stream.recv().await), ResourceType::Route);
+        stream
+            .send(DeltaDiscoveryRequest {
+                error_detail: Some(RpcStatus {
+                    code: 3,
+                    message: "bad endpoints".to_string(),
+                    details: Vec::new(),
+                }),
+                ..request(ResourceType::Endpoint, &[], &[], &eds.nonce)
+            })
+            .await;
+        eventually("the NACK is recorded", || {
+            server.stats().nacks(ResourceType::Endpoint) == 1
+        })
+        .await;
+        // Every map is new after a change: EDS comes before RDS, so had the
+        // rejected endpoints been resent they would be next.
+        source.set(NODE, &base_with(&[res(ResourceType::Route, "80", 2)], &[]));
+        assert_eq!(kind_of(&stream.recv().await), ResourceType::Route);
+
+        // One changes: only it is sent.
+        source.set(
+            NODE,
+            &base_with(
+                &[
+                    res(ResourceType::Route, "80", 2),
+                    res(ResourceType::Endpoint, EDS_B, 2),
+                ],
+                &[],
+            ),
+        );
+        let fixed = stream.recv().await;
+        assert_eq!(kind_of(&fixed), ResourceType::Endpoint);
+        assert_eq!(names(&fixed), [EDS_B]);
+
+        // Unsubscribed and subscribed again: sent again though unchanged.
+        stream
+            .send(request(ResourceType::Endpoint, &[], &[EDS_A], ""))
+            .await;
+        stream
+            .send(request(ResourceType::Endpoint, &[EDS_A], &[], ""))
+            .await;
+        let again = stream.recv().await;
+        assert_eq!(names(&again), [EDS_A]);
+        assert!(again.removed_resources.is_empty());
+    })
+    .await;
+}

@@ -78,6 +78,16 @@ impl FakeSource {
         self.changes.send_modify(|generation| *generation += 1);
     }
 
+    /// The view `node` is served now.
+    pub(super) fn current(&self, node: &str) -> Arc<ProxyView> {
+        self.views
+            .lock()
+            .expect("views lock")
+            .get(node)
+            .cloned()
+            .expect("a view for the node")
+    }
+
     pub(super) fn peers(&self) -> Vec<Peer> {
         self.peers.lock().expect("peers lock").clone()
     }

@@ -521,3 +521,91 @@ async fn change_pushes_only_changed_types() {
     })
     .await;
 }
+
+/// The subscription of `kind` as the registry holds it.
+fn subscription_of(server: &AdsServer<FakeSource>, kind: ResourceType) -> Arc<Subscription> {
+    type_status(server, kind)
+        .and_then(|s| s.subscription)
+        .expect("subscribed")
+}
+
+#[tokio::test]
+async fn sotw_eds_naming_every_cluster_shares_the_view_keys_and_the_registry_the_stream_s() {
+    within(async {
+        let (source, server) = setup();
+        let mut stream = Stream::open(&server).await;
+        stream
+            .send(request(ResourceType::Endpoint, &[EDS_B, EDS_A], "", ""))
+            .await;
+        let first = stream.recv().await;
+        stream.ack(&first, &[EDS_A, EDS_B]).await;
+        eventually("the ACK is recorded", || {
+            type_status(&server, ResourceType::Endpoint)
+                .is_some_and(|s| s.sync_state() == SyncState::Synced)
+        })
+        .await;
+        let subscription = subscription_of(&server, ResourceType::Endpoint);
+        let view = source.current(NODE);
+        assert!(
+            subscription
+                .names
+                .are_keys_of(view.of(ResourceType::Endpoint)),
+            "the names are the view map's keys, not a copy: {subscription:?}"
+        );
+        // The registry's, the stream's and this one: one allocation.
+        assert_eq!(
+            Arc::strong_count(&subscription),
+            3,
+            "the registry shares the stream's subscription"
+        );
+        drop(subscription);
+
+        // New endpoints, same names: the ACK moves the names to the new
+        // map, letting the old one go.
+        source.set(
+            NODE,
+            &base_with(&[res(ResourceType::Endpoint, EDS_A, 2)], &[]),
+        );
+        let update = stream.recv().await;
+        assert_eq!(names(&update), [EDS_A, EDS_B]);
+        stream.ack(&update, &[EDS_A, EDS_B]).await;
+        let view = source.current(NODE);
+        eventually("the names refer to the new map", || {
+            subscription_of(&server, ResourceType::Endpoint)
+                .names
+                .are_keys_of(view.of(ResourceType::Endpoint))
+        })
+        .await;
+
+        // Naming fewer: names of its own, covering exactly those.
+        stream.ack(&update, &[EDS_A]).await;
+        let fewer = stream.recv().await;
+        assert_eq!(names(&fewer), [EDS_A]);
+        let subscription = subscription_of(&server, ResourceType::Endpoint);
+        assert!(
+            !subscription
+                .names
+                .are_keys_of(view.of(ResourceType::Endpoint))
+        );
+        assert!(subscription.covers(EDS_A) && !subscription.covers(EDS_B));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sotw_version_of_a_shared_map_is_computed_once_for_all_streams() {
+    within(async {
+        let (_source, server) = setup();
+        let mut one = Stream::open(&server).await;
+        let mut two = Stream::open(&server).await;
+        let first = clusters(&mut one).await;
+        let second = clusters(&mut two).await;
+        assert_eq!(first.version_info, second.version_info);
+        assert_eq!(
+            server.shared.versions.computed(),
+            1,
+            "both streams send the view's cluster map: hashed once"
+        );
+    })
+    .await;
+}
