@@ -1,8 +1,8 @@
 //! The ADS gRPC service on the wire: the two streaming methods of
 //! `envoy.service.discovery.v3.AggregatedDiscoveryService`.
 //!
-//! Requests are decoded by tonic (`Streaming`, which enforces
-//! [`super::Limits::max_request_bytes`]); responses are framed here, each
+//! Requests are read with [`Messages`] (each in a buffer of its own size,
+//! up to [`super::Limits::max_request_bytes`]); responses are framed here, each
 //! into a buffer of exactly its size, handed to HTTP/2 and freed once
 //! written. tonic's generated server encodes every response of a stream
 //! into one buffer that grows to the largest response ever sent and keeps
@@ -17,13 +17,12 @@
 //! written. Without it a connect storm of 10,000 sidecars frames 10,000
 //! full pushes at once, each held until its slow reader takes it.
 
+use super::frames::{End, Messages};
 use super::queue::ResponseStream;
 use super::wire::{DeltaResponse, Encode, SotwResponse};
 use crate::identity::Peer;
 use bytes::{BufMut, Bytes, BytesMut};
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use futures::StreamExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use std::convert::Infallible;
@@ -33,12 +32,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::http::{self, HeaderMap, HeaderValue, header};
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::{Code, Extensions, Status};
-use tonic_prost::ProstCodec;
 
 /// The gRPC service name, for routing.
 const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
@@ -48,7 +45,10 @@ const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
 /// The length-prefixed message header: a compression flag and a length.
-const HEADER_SIZE: usize = 5;
+const HEADER_SIZE: usize = super::frames::PREFIX;
+
+/// The requests of one stream, read from its HTTP/2 body.
+pub type Requests<M> = Messages<Body, M>;
 
 /// The push budget counts KiB: a semaphore permit per KiB.
 const BUDGET_UNIT: usize = 1024;
@@ -64,12 +64,12 @@ pub trait Streams: Clone + Send + 'static {
     fn peer(&self, metadata: &MetadataMap, extensions: &Extensions) -> Peer;
     fn sotw(
         &self,
-        requests: Streaming<DiscoveryRequest>,
+        requests: Requests<DiscoveryRequest>,
         peer: Peer,
     ) -> ResponseStream<SotwResponse>;
     fn delta(
         &self,
-        requests: Streaming<DeltaDiscoveryRequest>,
+        requests: Requests<DeltaDiscoveryRequest>,
         peer: Peer,
     ) -> ResponseStream<DeltaResponse>;
 }
@@ -140,8 +140,8 @@ where
     /// Opening a stream only spawns its task: nothing to wait for here.
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let response = match request.uri().path() {
-            SOTW_PATH => self.open::<_, DiscoveryResponse, _, _>(request, T::sotw),
-            DELTA_PATH => self.open::<_, DeltaDiscoveryResponse, _, _>(request, T::delta),
+            SOTW_PATH => self.open(request, T::sotw),
+            DELTA_PATH => self.open(request, T::delta),
             path => Status::unimplemented(format!("no method {path}")).into_http(),
         };
         std::future::ready(Ok(response))
@@ -149,18 +149,16 @@ where
 }
 
 impl<T: Streams> AdsService<T> {
-    /// Decodes the request stream, starts the stream's task with `serve`,
-    /// and answers with a body that frames its responses. `Message` is the
-    /// protobuf type of the responses (for tonic's codec); `Resp` is how
+    /// Reads the request stream, starts the stream's task with `serve`,
+    /// and answers with a body that frames its responses. `Resp` is how
     /// they are held until written.
-    fn open<Req, Message, Resp, B>(
+    fn open<Req, Resp, B>(
         &self,
         request: http::Request<B>,
-        serve: impl FnOnce(&T, Streaming<Req>, Peer) -> ResponseStream<Resp>,
+        serve: impl FnOnce(&T, Requests<Req>, Peer) -> ResponseStream<Resp>,
     ) -> http::Response<Body>
     where
         Req: prost::Message + Default + Send + 'static,
-        Message: prost::Message + Send + 'static,
         Resp: Encode,
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send,
@@ -178,8 +176,7 @@ impl<T: Streams> AdsService<T> {
         let max_request = self.streams.max_request_bytes();
         let max_response = self.streams.max_response_bytes();
         let (parts, body) = request.into_parts();
-        let mut codec = ProstCodec::<Message, Req>::default();
-        let requests = Streaming::new_request(codec.decoder(), body, None, Some(max_request));
+        let requests = Messages::new(Body::new(body), End::Requests, max_request);
         // tonic's view of the headers and extensions (where the transport
         // put the peer's certificate).
         let (metadata, extensions, ()) =
@@ -361,7 +358,7 @@ mod tests {
 
         fn sotw(
             &self,
-            _requests: Streaming<DiscoveryRequest>,
+            _requests: Requests<DiscoveryRequest>,
             _peer: Peer,
         ) -> ResponseStream<SotwResponse> {
             let (tx, rx) = response_queue(16, Duration::from_secs(5));
@@ -379,7 +376,7 @@ mod tests {
 
         fn delta(
             &self,
-            _requests: Streaming<DeltaDiscoveryRequest>,
+            _requests: Requests<DeltaDiscoveryRequest>,
             _peer: Peer,
         ) -> ResponseStream<DeltaResponse> {
             response_queue(1, Duration::from_secs(5)).1
@@ -504,7 +501,7 @@ mod tests {
         assert_eq!(bytes.len(), HEADER_SIZE + len);
         assert_eq!(bytes[0], 0, "not compressed");
         assert_eq!(bytes[1..5], (len as u32).to_be_bytes());
-        let decoded: DiscoveryResponse =
+        let decoded: envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse =
             prost::Message::decode(&bytes[HEADER_SIZE..]).expect("decodes");
         assert_eq!(decoded.version_info, "v1");
         assert_eq!(decoded.resources.len(), 1);

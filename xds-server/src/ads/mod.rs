@@ -10,6 +10,7 @@
 //! bounds what a client can make the server hold or do.
 
 mod delta;
+pub mod frames;
 mod grpc;
 pub mod limits;
 mod queue;
@@ -41,7 +42,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use futures::Stream;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
-use tonic::{Extensions, Status, Streaming};
+use tonic::{Extensions, Status};
 use tracing::Instrument as _;
 
 /// The default [`PeerResolver`]: a [`Peer`] a transport layer put into the
@@ -199,7 +200,7 @@ impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
 
     fn sotw(
         &self,
-        requests: Streaming<DiscoveryRequest>,
+        requests: grpc::Requests<DiscoveryRequest>,
         peer: Peer,
     ) -> ResponseStream<SotwResponse> {
         self.serve_sotw(requests, peer)
@@ -207,7 +208,7 @@ impl<S: ConfigSource> grpc::Streams for AdsServer<S> {
 
     fn delta(
         &self,
-        requests: Streaming<DeltaDiscoveryRequest>,
+        requests: grpc::Requests<DeltaDiscoveryRequest>,
         peer: Peer,
     ) -> ResponseStream<DeltaResponse> {
         self.serve_delta(requests, peer)

@@ -216,7 +216,7 @@ impl Protocol for Delta {
         for (name, version, deps) in decoded {
             state.absent.remove(&name);
             if let Some(map) = deps_of.as_deref_mut() {
-                map.insert(Arc::clone(&name), names::deps(deps));
+                map.insert(Arc::clone(&name), follow::shared(deps));
             }
             state.held.insert(name, version);
         }

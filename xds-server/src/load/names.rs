@@ -2,9 +2,9 @@
 //! sidecars hold the same cluster, load-assignment and secret names (and
 //! the same versions of them); each keeping its own `String`s cost the
 //! load generator hundreds of KB per sidecar, memory a real Envoy process
-//! never multiplies. One copy per distinct string, behind an `Arc`.
+//! never multiplies. One copy per distinct string, behind an `Arc`
+//! (`follow::shared` does the same for what a resource references).
 
-use super::follow::Deps;
 use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
@@ -12,7 +12,6 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 pub type Name = Arc<str>;
 
 static NAMES: LazyLock<Mutex<HashSet<Name>>> = LazyLock::new(Default::default);
-static DEPS: LazyLock<Mutex<HashSet<Arc<Deps>>>> = LazyLock::new(Default::default);
 
 /// The shared copy of `s`.
 pub fn name(s: &str) -> Name {
@@ -25,18 +24,6 @@ pub fn name(s: &str) -> Name {
     let n: Name = Arc::from(s);
     names.insert(Arc::clone(&n));
     n
-}
-
-/// The shared copy of `deps` (most clusters of a mesh reference the same
-/// two secrets, and each one load assignment every sidecar shares).
-pub fn deps(deps: Deps) -> Arc<Deps> {
-    let mut all = DEPS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(d) = all.get(&deps) {
-        return Arc::clone(d);
-    }
-    let d = Arc::new(deps);
-    all.insert(Arc::clone(&d));
-    d
 }
 
 /// Owned strings of `names`, for a request.
@@ -56,14 +43,5 @@ mod tests {
         ));
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &name("another")));
-        let d1 = deps(Deps {
-            secrets: [name("default")].into(),
-            ..Default::default()
-        });
-        let d2 = deps(Deps {
-            secrets: [name("default")].into(),
-            ..Default::default()
-        });
-        assert!(Arc::ptr_eq(&d1, &d2));
     }
 }

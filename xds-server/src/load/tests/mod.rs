@@ -179,3 +179,14 @@ fn a_translated_proxy_references_only_resources_the_translation_has() {
         ["ROOTCA", "default"].map(crate::load::names::name).into()
     );
 }
+
+#[test]
+fn equal_dependencies_share_one_copy() {
+    let secrets = || follow::Deps {
+        secrets: [crate::load::names::name("default")].into(),
+        ..Default::default()
+    };
+    let (a, b) = (follow::shared(secrets()), follow::shared(secrets()));
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(!Arc::ptr_eq(&a, &follow::shared(follow::Deps::default())));
+}
