@@ -19,6 +19,8 @@ pub struct ConfigSnapshot {
     pub skipped: Vec<Skipped>,
     /// Files read.
     pub files: usize,
+    /// Files parsed: those read whose text changed since the last load.
+    pub parsed: usize,
 }
 
 pub type SharedSnapshot = Arc<ConfigSnapshot>;
