@@ -8,7 +8,7 @@
 //! the load generator, the full CDS response (about 1 MiB per simulated
 //! sidecar). Both sides of the benchmark read their streams with this.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::Stream;
 use hyper::body::Body;
 use prost::Message;
@@ -21,6 +21,18 @@ use tonic::{Code, Status};
 
 /// The gRPC message prefix: a compression flag and a 4-byte length.
 pub const PREFIX: usize = 5;
+
+/// `message` as one length-prefixed gRPC message (uncompressed), for a
+/// client's request stream. Messages past 4 GiB cannot be framed; their
+/// length is written as `u32::MAX`, which every reader refuses.
+pub fn prefixed(message: &impl Message) -> Bytes {
+    let len = message.encoded_len();
+    let mut buf = BytesMut::with_capacity(PREFIX + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    message.encode_raw(&mut buf);
+    buf.freeze()
+}
 
 /// How the body's end is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +219,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use futures::StreamExt;
     use http_body_util::StreamBody;
@@ -233,14 +244,6 @@ mod tests {
         }
     }
 
-    fn framed(m: &DiscoveryResponse) -> Bytes {
-        let mut buf = BytesMut::new();
-        buf.put_u8(0);
-        buf.put_u32(m.encoded_len() as u32);
-        m.encode_raw(&mut buf);
-        buf.freeze()
-    }
-
     fn trailers(code: Code) -> Frame<Bytes> {
         let mut map = HeaderMap::new();
         map.insert("grpc-status", HeaderValue::from(code as i32));
@@ -251,7 +254,7 @@ mod tests {
     async fn messages_split_across_and_packed_into_frames_decode_in_order() {
         let mut wire = BytesMut::new();
         for v in ["1", "2", "3"] {
-            wire.extend_from_slice(&framed(&message(v)));
+            wire.extend_from_slice(&prefixed(&message(v)));
         }
         let wire = wire.freeze();
         // Cut so one message spans frames and one frame holds two ends.
@@ -284,7 +287,7 @@ mod tests {
             Code::Internal
         );
 
-        let mut m = messages(vec![Frame::data(framed(&message("1")))], End::Requests);
+        let mut m = messages(vec![Frame::data(prefixed(&message("1")))], End::Requests);
         let first = m.next().await.expect("a message").expect("ok");
         assert_eq!(first.version_info, "1");
         assert!(m.next().await.is_none(), "the body's end ends the stream");
@@ -292,7 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_cut_inside_a_message_or_too_long_a_message_is_an_error() {
-        let whole = framed(&message("1"));
+        let whole = prefixed(&message("1"));
         let mut m = messages(
             vec![Frame::data(whole.slice(..whole.len() - 1))],
             End::Requests,

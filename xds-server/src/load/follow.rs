@@ -19,7 +19,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex};
 use translator::ResourceType;
 
 /// The names one resource makes the proxy ask for, by type.
@@ -53,14 +53,7 @@ static SHARED: LazyLock<Mutex<HashSet<Arc<Deps>>>> = LazyLock::new(Default::defa
 /// The shared copy of `deps`: most clusters of a mesh reference the same
 /// two secrets, and each one load assignment every sidecar shares.
 pub fn shared(deps: Deps) -> Arc<Deps> {
-    // Insertions are whole, so a poisoned lock is still usable.
-    let mut all = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(d) = all.get(&deps) {
-        return Arc::clone(d);
-    }
-    let d = Arc::new(deps);
-    all.insert(Arc::clone(&d));
-    d
+    names::interned(&SHARED, deps, Arc::new)
 }
 
 /// One decoded resource: its name and what it depends on.

@@ -5,8 +5,7 @@
 //! (one stream per process) never multiplies.
 
 use super::protocol::AdsTransport;
-use crate::ads::frames::{End, Messages, PREFIX};
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::ads::frames::{End, Messages, prefixed};
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use prost::Message;
@@ -30,7 +29,7 @@ where
     Req: Message + 'static,
     Resp: Message + Default,
 {
-    let frames = requests.map(|r| Ok::<_, Status>(Frame::data(frame(&r))));
+    let frames = requests.map(|r| Ok::<_, Status>(Frame::data(prefixed(&r))));
     let request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
@@ -53,17 +52,6 @@ where
         return Err(status);
     }
     Ok(Messages::new(body, End::Responses, max_message))
-}
-
-/// `message` with its gRPC prefix.
-fn frame(message: &impl Message) -> Bytes {
-    let len = message.encoded_len();
-    let mut buf = BytesMut::with_capacity(PREFIX + len);
-    buf.put_u8(0);
-    // Requests are small (names of at most a few thousand resources).
-    buf.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
-    message.encode_raw(&mut buf);
-    buf.freeze()
 }
 
 fn transport_error(error: impl Into<StdError>) -> Status {

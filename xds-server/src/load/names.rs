@@ -6,6 +6,7 @@
 //! (`follow::shared` does the same for what a resource references).
 
 use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 /// A shared name (or version).
@@ -15,15 +16,24 @@ static NAMES: LazyLock<Mutex<HashSet<Name>>> = LazyLock::new(Default::default);
 
 /// The shared copy of `s`.
 pub fn name(s: &str) -> Name {
+    interned(&NAMES, s, Arc::from)
+}
+
+/// The copy of `value` in `set`, added (made by `make`) if it is not there.
+pub(super) fn interned<T: Hash + Eq + ?Sized, V: std::borrow::Borrow<T>>(
+    set: &Mutex<HashSet<Arc<T>>>,
+    value: V,
+    make: impl FnOnce(V) -> Arc<T>,
+) -> Arc<T> {
     // A panic elsewhere cannot leave the set half-updated: insertions are
     // whole, so a poisoned lock is still usable.
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(n) = names.get(s) {
-        return Arc::clone(n);
+    let mut set = set.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(shared) = set.get(value.borrow()) {
+        return Arc::clone(shared);
     }
-    let n: Name = Arc::from(s);
-    names.insert(Arc::clone(&n));
-    n
+    let shared = make(value);
+    set.insert(Arc::clone(&shared));
+    shared
 }
 
 /// Owned strings of `names`, for a request.

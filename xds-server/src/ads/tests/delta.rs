@@ -26,6 +26,18 @@ impl Stream {
     }
 }
 
+/// A NACK of the response with `nonce`, as Envoy sends it.
+fn nack(kind: ResourceType, nonce: &str, message: &str) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        error_detail: Some(RpcStatus {
+            code: 3,
+            message: message.to_string(),
+            details: Vec::new(),
+        }),
+        ..request(kind, &[], &[], nonce)
+    }
+}
+
 pub(in crate::ads) fn request(
     kind: ResourceType,
     subscribe: &[&str],
@@ -244,14 +256,7 @@ async fn delta_nack_is_recorded_and_not_resent() {
         assert_eq!(kind_of(&lds), ResourceType::Listener);
         assert_eq!(kind_of(&stream.recv().await), ResourceType::Route);
         stream
-            .send(DeltaDiscoveryRequest {
-                error_detail: Some(RpcStatus {
-                    code: 3,
-                    message: "bad listener".to_string(),
-                    details: Vec::new(),
-                }),
-                ..request(ResourceType::Listener, &[], &[], &lds.nonce)
-            })
+            .send(nack(ResourceType::Listener, &lds.nonce, "bad listener"))
             .await;
         eventually("the NACK is recorded", || {
             server.stats().nacks(ResourceType::Listener) == 1
@@ -302,20 +307,7 @@ async fn delta_eds_naming_every_cluster_shares_the_view_keys_and_the_registry_th
             endpoints().sync_state() == SyncState::Synced
         })
         .await;
-        let subscription = endpoints().subscription.expect("subscribed");
-        let view = source.current(NODE);
-        assert!(
-            subscription
-                .names
-                .are_keys_of(view.of(ResourceType::Endpoint)),
-            "the names are the view map's keys, not a copy: {subscription:?}"
-        );
-        assert_eq!(
-            Arc::strong_count(&subscription),
-            3,
-            "the registry shares the stream's subscription"
-        );
-        drop(subscription);
+        assert_subscription_shares_the_view(&server, &source, ResourceType::Endpoint);
 
         // New endpoints, same names: the push moves the names to the new
         // map (delta requests do not repeat them).
@@ -351,14 +343,7 @@ async fn delta_eds_nacked_while_naming_every_cluster_is_not_resent() {
             .await;
         assert_eq!(kind_of(&stream.recv().await), ResourceType::Route);
         stream
-            .send(DeltaDiscoveryRequest {
-                error_detail: Some(RpcStatus {
-                    code: 3,
-                    message: "bad endpoints".to_string(),
-                    details: Vec::new(),
-                }),
-                ..request(ResourceType::Endpoint, &[], &[], &eds.nonce)
-            })
+            .send(nack(ResourceType::Endpoint, &eds.nonce, "bad endpoints"))
             .await;
         eventually("the NACK is recorded", || {
             server.stats().nacks(ResourceType::Endpoint) == 1

@@ -239,6 +239,33 @@ pub(super) async fn within<F: Future>(body: F) -> F::Output {
 }
 
 /// Waits until `check` holds (the server applies requests asynchronously).
+/// The stream's subscription to `kind` is the view map's keys (no copy of
+/// the names) and the very allocation the registry holds.
+pub(super) fn assert_subscription_shares_the_view(
+    server: &AdsServer<FakeSource>,
+    source: &FakeSource,
+    kind: ResourceType,
+) {
+    let subscription = server
+        .registry()
+        .snapshot()
+        .first()
+        .and_then(|c| c.types.get(&kind).cloned())
+        .and_then(|s| s.subscription)
+        .expect("subscribed");
+    let view = source.current(NODE);
+    assert!(
+        subscription.names.are_keys_of(view.of(kind)),
+        "the names are the view map's keys, not a copy: {subscription:?}"
+    );
+    // The registry's, the stream's and this one: one allocation.
+    assert_eq!(
+        Arc::strong_count(&subscription),
+        3,
+        "the registry shares the stream's subscription"
+    );
+}
+
 pub(super) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let wait = async {
         while !check() {

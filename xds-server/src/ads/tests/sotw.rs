@@ -544,21 +544,7 @@ async fn sotw_eds_naming_every_cluster_shares_the_view_keys_and_the_registry_the
                 .is_some_and(|s| s.sync_state() == SyncState::Synced)
         })
         .await;
-        let subscription = subscription_of(&server, ResourceType::Endpoint);
-        let view = source.current(NODE);
-        assert!(
-            subscription
-                .names
-                .are_keys_of(view.of(ResourceType::Endpoint)),
-            "the names are the view map's keys, not a copy: {subscription:?}"
-        );
-        // The registry's, the stream's and this one: one allocation.
-        assert_eq!(
-            Arc::strong_count(&subscription),
-            3,
-            "the registry shares the stream's subscription"
-        );
-        drop(subscription);
+        assert_subscription_shares_the_view(&server, &source, ResourceType::Endpoint);
 
         // New endpoints, same names: the ACK moves the names to the new
         // map, letting the old one go.
